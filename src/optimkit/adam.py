@@ -1,0 +1,193 @@
+"""Adam and AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019): one rule, one flag."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._common import as_real, check_betas, check_impl_flags, check_lr, check_nonneg, to_scalar
+from .fused import FusedSupport
+from .optimizer import Optimizer, _step_tensor
+
+__all__ = ["Adam", "AdamW", "adam_"]
+
+
+def adam_(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    *,
+    lr: float | Tensor,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+) -> None:
+    r"""One Adam step on ``param`` (in place).
+
+    .. math::
+        t &\leftarrow t + 1 \\
+        \theta &\leftarrow \theta(1 - \gamma\lambda) \text{ (decoupled) or }
+            g \leftarrow g + \lambda\theta \\
+        m &\leftarrow \beta_1 m + (1-\beta_1) g, \quad v \leftarrow \beta_2 v + (1-\beta_2) g^2 \\
+        \hat v &\leftarrow \max(\hat v, v) \text{ (amsgrad) or } v \\
+        \theta &\leftarrow \theta - \frac{\gamma}{1-\beta_1^t}\,
+            \frac{m}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    State: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (amsgrad).
+    """
+    if maximize:
+        grad = -grad
+    step_t = state["step"]
+    step_t += 1
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param.mul_(1 - lr * weight_decay)
+        else:
+            grad = grad.add(param, alpha=weight_decay)
+    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq = as_real(
+        param, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq")
+    )
+    # A tensor beta1 is used in the parameter's dtype for the moment update (as torch does).
+    weight1 = 1 - (beta1.to(param.device, param.dtype) if isinstance(beta1, Tensor) else beta1)
+    exp_avg.lerp_(grad, weight1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+    step = step_t.item()
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2**0.5
+    if amsgrad:
+        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        denom = (max_exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    else:
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+class Adam(FusedSupport, Optimizer):
+    r"""Adam, exactly as ``torch.optim.Adam``; ``decoupled_weight_decay=True`` is AdamW.
+
+    Args:
+        params: parameters, named parameters or parameter groups.
+        lr (float or Tensor): learning rate :math:`\gamma` (default: 1e-3).
+        betas (tuple of floats or of Tensors): :math:`(\beta_1, \beta_2)` (default: (0.9, 0.999)).
+        eps (float): :math:`\epsilon` added to the denominator (default: 1e-8).
+        weight_decay (float): :math:`\lambda` (default: 0).
+        amsgrad (bool): use the maximum of past second moments (Reddi et al. 2018).
+        maximize (bool): maximize the objective.
+        decoupled_weight_decay (bool): decay the weights directly (AdamW) instead of adding
+            :math:`\lambda\theta` to the gradient.
+        foreach, capturable, differentiable, fused: see the README's "Implementation flags".
+
+    State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
+    """
+
+    _param_shaped_state = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
+    _fused_kernel = "adam"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor):
+            if foreach and not capturable:
+                raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        check_lr(lr)
+        check_nonneg(eps, "epsilon value")
+        check_betas(betas)
+        check_nonneg(weight_decay, "weight_decay value")
+        if not (
+            (isinstance(betas[0], float) and isinstance(betas[1], float))
+            or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
+        ):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for i, beta in enumerate(betas):
+            if isinstance(beta, Tensor):
+                if not capturable and foreach:
+                    raise ValueError(
+                        f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True"
+                    )
+                if beta.numel() != 1:
+                    raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        betas = tuple(map(to_scalar, betas))
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            maximize=maximize, foreach=foreach, capturable=capturable,
+            differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+        check_impl_flags(foreach, fused, differentiable)
+
+    _rule = staticmethod(adam_)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = {
+            "step": _step_tensor(p, group),
+            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+        }
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=to_scalar(group["lr"]), beta1=to_scalar(beta1), beta2=to_scalar(beta2),
+            eps=group["eps"], weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
+            maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"],
+        )  # fmt: skip
+
+
+class AdamW(Adam):
+    r"""AdamW: Adam with decoupled weight decay, exactly as ``torch.optim.AdamW``.
+
+    The same rule as :class:`Adam` with ``decoupled_weight_decay=True``; the default
+    ``weight_decay`` is 1e-2. See :class:`Adam` for the arguments and state.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=True,
+        )  # fmt: skip
+
+    def _normalize_group(self, group: dict[str, Any]) -> None:
+        group["decoupled_weight_decay"] = True

@@ -1,0 +1,569 @@
+"""The optimizer system: parameter groups, lazily created state, hooks, state dicts.
+
+This is optimkit's own implementation of the machinery that ``torch.optim.Optimizer``
+provides. The class *derives* from ``torch.optim.Optimizer`` only so that
+``isinstance(opt, torch.optim.Optimizer)`` holds -- torch's LR schedulers, ``GradScaler``,
+``ZeroRedundancyOptimizer`` and distributed checkpointing check exactly that. Every method
+torch's base class defines is defined again here; none of torch's base-class code runs
+(``tests/test_optimizer_core.py`` checks this).
+
+An optimizer subclass supplies three things and inherits the step driver:
+
+* ``_init_state(p, group)`` -- the state of a parameter at its first step (torch's keys),
+* ``_hyper(group)``         -- the group's hyperparameters as keyword arguments of the rule,
+* ``_rule``                 -- the update rule: tensor math on one tensor ``rule(p, grad,
+  state, **hyper)``. The rule does not know whether ``p`` is one parameter or a flat buffer
+  holding many: execution strategies decide how tensors are fed in, never what is computed.
+
+Optimizers whose step is not "one rule per tensor" (LBFGS) override ``step`` itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+from copy import deepcopy
+from itertools import chain
+from typing import Any
+
+import torch
+import torch.optim.optimizer as _torch_optimizer
+from torch.utils.hooks import RemovableHandle
+
+__all__ = [
+    "Optimizer",
+    "required",
+    "register_optimizer_step_pre_hook",
+    "register_optimizer_step_post_hook",
+]
+
+# The "required" sentinel and the global step hooks are *shared* with torch.optim: a hook a
+# framework registers globally fires for optimkit optimizers too, and custom optimizers may
+# use either library's sentinel in their defaults.
+required = _torch_optimizer.required
+_global_pre_hooks = _torch_optimizer._global_optimizer_pre_hooks
+_global_post_hooks = _torch_optimizer._global_optimizer_post_hooks
+
+StateDict = dict[str, Any]
+
+
+def register_optimizer_step_pre_hook(hook: Callable) -> RemovableHandle:
+    """Register ``hook(optimizer, args, kwargs) -> None | (args, kwargs)`` for every optimizer."""
+    handle = RemovableHandle(_global_pre_hooks)
+    _global_pre_hooks[handle.id] = hook
+    return handle
+
+
+def register_optimizer_step_post_hook(hook: Callable) -> RemovableHandle:
+    """Register ``hook(optimizer, args, kwargs) -> None`` for every optimizer."""
+    handle = RemovableHandle(_global_post_hooks)
+    _global_post_hooks[handle.id] = hook
+    return handle
+
+
+def _hooked_step(step: Callable) -> Callable:
+    """Wrap a ``step`` implementation: hooks, grad mode and ``_step_count``."""
+
+    @functools.wraps(step)
+    def wrapper(self: Optimizer, *args: Any, **kwargs: Any) -> Any:
+        for pre_hook in chain(_global_pre_hooks.values(), self._optimizer_step_pre_hooks.values()):
+            result = pre_hook(self, args, kwargs)
+            if result is not None:
+                if isinstance(result, tuple) and len(result) == 2:
+                    args, kwargs = result
+                else:
+                    raise RuntimeError(
+                        f"{step} must return None or a tuple of (new_args, new_kwargs), but got {result}."
+                    )
+        with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
+            # No autograd graph through the update unless the user asked for one.
+            with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+                out = step(self, *args, **kwargs)
+        self._step_count += 1
+        self._optimizer_step_code()
+        for post_hook in chain(self._optimizer_step_post_hooks.values(), _global_post_hooks.values()):
+            post_hook(self, args, kwargs)
+        return out
+
+    wrapper.hooked = True  # torch marks its patched step the same way
+    return wrapper
+
+
+def _register_hook(hooks: OrderedDict, hook: Callable, prepend: bool = False) -> RemovableHandle:
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    if prepend:
+        hooks.move_to_end(handle.id, last=False)
+    return handle
+
+
+class Optimizer(torch.optim.Optimizer):
+    r"""Base class of all optimkit optimizers (and a drop-in base for your own).
+
+    Args:
+        params: an iterable of tensors, of ``(name, tensor)`` pairs (``named_parameters()``),
+            or of dicts defining parameter groups.
+        defaults: default hyperparameters for groups that do not set them.
+
+    Attributes:
+        defaults: the defaults passed to the constructor.
+        state: ``defaultdict(dict)`` keyed by the parameter tensor itself; created lazily at
+            a parameter's first step with a gradient.
+        param_groups: list of dicts; ``group["params"]`` holds the very tensors passed in.
+        _step_count: number of completed ``step()`` calls.
+    """
+
+    #: State entries that are scalar bookkeeping (counters, products of scalars). They keep
+    #: their saved dtype on load instead of being cast to the parameter's dtype, so a resumed
+    #: run continues bit-identically (torch casts e.g. NAdam's ``mu_product`` to float64).
+    _scalar_state: tuple[str, ...] = ("step",)
+    #: State entries that have the parameter's shape; ``load_state_dict`` checks them.
+    _param_shaped_state: tuple[str, ...] = ()
+    #: Error raised when a group holds a sparse gradient and the rule cannot take it.
+    _sparse_error: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("step")
+        if step is not None and not getattr(step, "hooked", False):
+            cls.step = _hooked_step(step)
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        # torch's base __init__ is deliberately not called: this class is the implementation.
+        torch._C._log_api_usage_once("python.optimizer")
+        self.defaults = defaults
+        self._optimizer_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._step_count = 0
+        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
+
+        if isinstance(params, torch.Tensor):
+            raise TypeError(
+                "params argument given to the optimizer should be "
+                "an iterable of Tensors or dicts, but got " + torch.typename(params)
+            )
+        self.state: defaultdict[torch.Tensor, Any] = defaultdict(dict)
+        self.param_groups: list[dict[str, Any]] = []
+
+        param_groups = list(params)
+        if len(param_groups) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(param_groups[0], dict):
+            param_groups = [{"params": param_groups}]
+        for param_group in param_groups:
+            self.add_param_group(param_group)
+        self._warned_capturable_if_run_uncaptured = True
+
+    # ------------------------------------------------------------------ pickling, repr
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "defaults": self.defaults,
+            "state": self.state,
+            "param_groups": self.param_groups,
+            "_step_count": self._step_count,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for name in (
+            "_optimizer_step_pre_hooks",
+            "_optimizer_step_post_hooks",
+            "_optimizer_state_dict_pre_hooks",
+            "_optimizer_state_dict_post_hooks",
+            "_optimizer_load_state_dict_pre_hooks",
+            "_optimizer_load_state_dict_post_hooks",
+        ):
+            self.__dict__.setdefault(name, OrderedDict())
+        self.__dict__.setdefault("_step_count", 0)
+        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
+        self.defaults.setdefault("differentiable", False)
+
+    def __repr__(self) -> str:
+        lines = [type(self).__name__ + " ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines.extend(f"    {key}: {group[key]}" for key in sorted(group) if key != "params")
+        return "\n".join(lines) + "\n)"
+
+    # ------------------------------------------------------------------ torch hooks API
+    def _accelerator_graph_capture_health_check(self) -> None:
+        """optimkit steps read the step count on the host; they cannot be graph-captured."""
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"Attempting CUDA graph capture of step() for an instance of {type(self).__name__}, "
+                "which optimkit does not support (its step reads the step count on the host)."
+            )
+
+    _cuda_graph_capture_health_check = _accelerator_graph_capture_health_check
+
+    def _optimizer_step_code(self) -> None:
+        """Called after every step; ``torch.profiler`` hooks into it to inspect state."""
+
+    @staticmethod
+    def profile_hook_step(func: Callable) -> Callable:
+        """Wrap a step function with optimkit's hook and profiling machinery."""
+        return _hooked_step(func)
+
+    def _patch_step_function(self) -> None:
+        """Steps are wrapped once per class, in ``__init_subclass__``; nothing to patch."""
+
+    @staticmethod
+    def _group_tensors_by_device_and_dtype(tensorlistlist: list, with_indices: bool = False) -> dict:
+        """Group parallel tensor lists by (device, dtype) -- for optimizers written in torch's style."""
+        grouped: dict = {}
+        for i, first in enumerate(tensorlistlist[0]):
+            key = (first.device, first.dtype)
+            lists, indices = grouped.setdefault(key, ([[] for _ in tensorlistlist], []))
+            for out, tensors in zip(lists, tensorlistlist):
+                out.append(tensors[i])
+            indices.append(i)
+        return grouped
+
+    def register_step_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """Register ``hook(optimizer, args, kwargs) -> None | (args, kwargs)`` before ``step``."""
+        return _register_hook(self._optimizer_step_pre_hooks, hook)
+
+    def register_step_post_hook(self, hook: Callable) -> RemovableHandle:
+        """Register ``hook(optimizer, args, kwargs) -> None`` after ``step``."""
+        return _register_hook(self._optimizer_step_post_hooks, hook)
+
+    def register_state_dict_pre_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """Register ``hook(optimizer) -> None``, called before ``state_dict``."""
+        return _register_hook(self._optimizer_state_dict_pre_hooks, hook, prepend)
+
+    def register_state_dict_post_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """Register ``hook(optimizer, state_dict) -> state_dict | None``, called after ``state_dict``."""
+        return _register_hook(self._optimizer_state_dict_post_hooks, hook, prepend)
+
+    def register_load_state_dict_pre_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """Register ``hook(optimizer, state_dict) -> state_dict | None``, called before loading."""
+        return _register_hook(self._optimizer_load_state_dict_pre_hooks, hook, prepend)
+
+    def register_load_state_dict_post_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """Register ``hook(optimizer) -> None``, called after loading."""
+        return _register_hook(self._optimizer_load_state_dict_post_hooks, hook, prepend)
+
+    # ------------------------------------------------------------------ param groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group; hyperparameters it does not set come from ``defaults``.
+
+        The group is validated completely before anything changes: on error neither the
+        optimizer nor the dict passed in is modified.
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
+        group = dict(param_group)
+        params = group["params"]
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but "
+                "the ordering of tensors in sets will change between runs. Please use a list instead."
+            )
+        else:
+            params = list(params)
+
+        names = [p[0] for p in params if isinstance(p, tuple)]
+        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+        group["params"] = tensors
+        if names:
+            if len(names) != len(tensors):
+                raise ValueError(
+                    "all optimizer params should be with/without names. Some param names are missing"
+                )
+            group["param_names"] = names
+
+        for param in tensors:
+            if not isinstance(param, torch.Tensor):
+                raise TypeError(
+                    "optimizer can only optimize Tensors, but one of the params is " + torch.typename(param)
+                )
+            if not self.defaults.get("differentiable", None) and not (param.is_leaf or param.retains_grad):
+                raise ValueError("can't optimize a non-leaf Tensor")
+
+        for name, default in self.defaults.items():
+            if default is required and name not in group:
+                raise ValueError(
+                    f"parameter group didn't specify a value of required optimization parameter {name}"
+                )
+            group.setdefault(name, default)
+
+        if len(tensors) != len(set(tensors)):
+            warnings.warn(
+                "optimizer contains a parameter group with duplicate parameters; "
+                "in future, this will cause an error; "
+                "see github.com/pytorch/pytorch/issues/40967 for more information",
+                stacklevel=3,
+            )
+
+        seen: set[torch.Tensor] = set()
+        for existing in self.param_groups:
+            seen.update(existing["params"])
+            if ("param_names" in group) != ("param_names" in existing):
+                which = "with names" if "param_names" in group else "without names"
+                raise ValueError(
+                    "all optimizer param groups should be with/without names. "
+                    f"cannot add param group {which} to the optimizer"
+                )
+        if not seen.isdisjoint(tensors):
+            raise ValueError("some parameters appear in more than one parameter group")
+
+        # Validated: commit into the caller's dict, so ``param_groups[i] is param_group``.
+        param_group.clear()
+        param_group.update(group)
+        self.param_groups.append(param_group)
+
+    # ------------------------------------------------------------------ gradients
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of all optimized tensors (to ``None`` by default)."""
+        with torch.autograd.profiler.record_function(self._zero_grad_profile_name):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        if p.grad.grad_fn is not None:
+                            p.grad.detach_()
+                        else:
+                            p.grad.requires_grad_(False)
+                        p.grad.zero_()
+
+    # ------------------------------------------------------------------ the step driver
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _params_with_grad(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The group's parameters that have a gradient (a None grad skips the parameter
+        entirely: no state, no step count), checked before anything is updated."""
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse and self._sparse_error is not None:
+                raise RuntimeError(self._sparse_error)
+            params.append(p)
+            grads.append(p.grad)
+        return params, grads
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        """The per-tensor execution strategy: the rule once per parameter."""
+        params, grads = self._params_with_grad(group)
+        if not params:
+            return
+        self._check_group(group, params)
+        states = self._states(params, group)
+        hyper = self._hyper(group)
+        rule = type(self)._rule
+        for p, grad, state in zip(params, grads, states):
+            rule(p, grad, state, **hyper)
+        self._store_states(params, states)
+
+    def _states(self, params: list[torch.Tensor], group: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each parameter's state, created at its first step (``_init_state``)."""
+        states = []
+        for p in params:
+            state = self.state.get(p)
+            if not state:
+                state = self._init_state(p, group)
+            states.append(state)
+        return states
+
+    def _store_states(self, params: list[torch.Tensor], states: list[dict[str, Any]]) -> None:
+        # A parameter gets a state entry only once it has state (SGD without momentum has
+        # none, as in torch), so state dicts match torch's key for key.
+        for p, state in zip(params, states):
+            if state and self.state.get(p) is not state:
+                self.state[p] = state
+
+    def _check_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """Raise before any update if the group cannot be stepped (capturable on CPU, ...)."""
+        if group.get("capturable"):
+            devices = _torch_optimizer._get_capturable_supported_devices()
+            for p in params:
+                if p.device.type not in devices:
+                    raise AssertionError(
+                        f"If capturable=True, params and state_steps must be on supported devices: {devices}."
+                    )
+
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _rule(param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], **hyper: Any) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state dicts
+    def state_dict(self) -> StateDict:
+        """The optimizer state in torch's format.
+
+        ``{"state": {param_id: {...}}, "param_groups": [{..., "params": [ids]}]}`` where
+        parameter ids number the parameters of all groups in order. Tensors are not copied
+        (as in torch); use ``copy.deepcopy`` or ``torch.save`` for a snapshot.
+        """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        param_ids: dict[int, int] = {}
+        start = 0
+        param_groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            for i, p in enumerate(group["params"], start):
+                param_ids.setdefault(id(p), i)
+            packed["params"] = [param_ids[id(p)] for p in group["params"]]
+            start += len(packed["params"])
+            param_groups.append(packed)
+        packed_state = {
+            (param_ids[id(k)] if isinstance(k, torch.Tensor) else k): v for k, v in self.state.items()
+        }
+        state_dict = {"state": packed_state, "param_groups": param_groups}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: StateDict) -> None:
+        """Load a state dict saved by optimkit or torch.optim.
+
+        Everything is validated before anything changes: a dict that does not fit this
+        optimizer raises ``ValueError`` naming the problem and leaves the optimizer exactly
+        as it was. Tensors are copied to each parameter's device; floating state is cast to
+        the parameter's dtype except the scalar bookkeeping entries (``_scalar_state``),
+        which keep their saved dtype so that training resumes bit-identically.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, but got {type(state_dict).__name__}")
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        missing = [k for k in ("state", "param_groups") if k not in state_dict]
+        if missing:
+            raise ValueError(f"loaded state dict is missing the key(s) {missing}")
+
+        groups = self.param_groups
+        saved_groups = deepcopy(state_dict["param_groups"])
+        if len(groups) != len(saved_groups):
+            raise ValueError(
+                "loaded state dict has a different number of parameter groups"
+                f" ({len(saved_groups)} saved, {len(groups)} in the optimizer)"
+            )
+        for i, (g, sg) in enumerate(zip(groups, saved_groups)):
+            if not isinstance(sg, dict) or "params" not in sg:
+                raise ValueError(f"loaded state dict's param group {i} has no 'params' list")
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(
+                    "loaded state dict contains a parameter group "
+                    "that doesn't match the size of optimizer's group"
+                    f" (group {i}: {len(sg['params'])} saved, {len(g['params'])} in the optimizer)"
+                )
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in groups),
+            )
+        )
+        group_of = {pid: sg for sg in saved_groups for pid in sg["params"]}
+
+        state: defaultdict[Any, Any] = defaultdict(dict)
+        for key, value in state_dict["state"].items():
+            if key not in id_map:
+                raise ValueError(
+                    f"loaded state dict has state for parameter id {key!r}, which is not in any of its param groups"
+                )
+            param = id_map[key]
+            if not isinstance(value, dict):
+                raise ValueError(f"state of parameter id {key!r} must be a dict, got {type(value).__name__}")
+            self._check_loaded_state(key, param, value)
+            state[param] = self._cast_state(param, value, group_of[key])
+
+        new_groups = []
+        for g, sg in zip(groups, saved_groups):
+            sg["params"] = g["params"]
+            if "param_names" in g and "param_names" not in sg:
+                sg["param_names"] = g["param_names"]
+            for k, v in g.items():  # keys an older or foreign dict lacks keep their values
+                sg.setdefault(k, v)
+            new_groups.append(sg)
+        for sg in new_groups:
+            self._normalize_group(sg)
+
+        # Everything is valid: commit.
+        self.state = state
+        self.param_groups = new_groups
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _normalize_group(self, group: dict[str, Any]) -> None:
+        """Adjust a loaded group (flags a subclass forces, e.g. AdamW's decoupled decay)."""
+
+    def _check_loaded_state(self, key: Any, param: torch.Tensor, value: dict[str, Any]) -> None:
+        for name in self._param_shaped_state:
+            t = value.get(name)
+            if isinstance(t, torch.Tensor) and t.shape != param.shape:
+                raise ValueError(
+                    f"loaded state dict's {name!r} for parameter id {key!r} has shape {tuple(t.shape)}, "
+                    f"but the parameter has shape {tuple(param.shape)}"
+                )
+
+    def _cast_state(self, param: torch.Tensor, value: Any, group: dict[str, Any], key: Any = None) -> Any:
+        """Deep-copy ``value``, moving tensors to ``param``'s device and dtype (see load_state_dict)."""
+        if isinstance(value, torch.Tensor):
+            if key == "step":
+                if group.get("fused") or group.get("capturable"):
+                    return value.to(dtype=torch.float32, device=param.device, copy=True)
+                return value.to(device="cpu", copy=True)
+            if key in self._scalar_state:
+                return value.to(device=param.device, copy=True)
+            same_kind = (value.is_floating_point() and param.is_floating_point()) or (
+                value.is_complex() and param.is_complex()
+            )
+            dtype = param.dtype if same_kind else value.dtype
+            return value.to(dtype=dtype, device=param.device, copy=True)
+        if isinstance(value, dict):
+            return {k: self._cast_state(param, v, group, key=k) for k, v in value.items()}
+        if key == "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return self._step_from_number(value, param, group)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._cast_state(param, v, group) for v in value)
+        return value
+
+    def _step_from_number(self, value: float, param: torch.Tensor, group: dict[str, Any]) -> Any:
+        """Old state dicts stored the step as a number; optimizers with tensor steps convert it."""
+        return _step_tensor(param, group, float(value))
+
+
+def _scalar_dtype() -> torch.dtype:
+    """torch's dtype for scalar state: float64 under a float64 default dtype, else float32."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _step_tensor(p: torch.Tensor, group: dict[str, Any], value: float = 0.0) -> torch.Tensor:
+    """A step counter as torch stores it: a CPU scalar tensor, or float32 on the parameter's
+    device when the group is fused or capturable."""
+    dtype = torch.float32 if group.get("fused") else _scalar_dtype()
+    device = p.device if group.get("fused") or group.get("capturable") else "cpu"
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
+Optimizer.step = _hooked_step(Optimizer.step)

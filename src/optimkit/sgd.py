@@ -1,0 +1,114 @@
+"""Stochastic gradient descent with momentum, dampening and Nesterov momentum."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from ._common import check_impl_flags, check_lr, check_nonneg, to_scalar
+from .fused import FusedSupport
+from .optimizer import Optimizer
+
+__all__ = ["SGD", "sgd_"]
+
+
+def sgd_(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    *,
+    lr: float | Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float | Tensor,
+    nesterov: bool,
+    maximize: bool,
+) -> None:
+    r"""One SGD step on ``param`` (in place).
+
+    .. math::
+        g &\leftarrow \pm\nabla f(\theta) + \lambda\theta \\
+        b &\leftarrow g \text{ at the first step, else } \mu b + (1-\tau) g \\
+        g &\leftarrow g + \mu b \text{ (Nesterov) or } b \\
+        \theta &\leftarrow \theta - \gamma g
+
+    State: ``momentum_buffer`` (created from the first gradient, only when ``momentum != 0``).
+    """
+    if maximize:
+        grad = -grad
+    if weight_decay != 0:
+        if isinstance(weight_decay, Tensor) and weight_decay.requires_grad:
+            grad = grad.addcmul_(param.clone(), weight_decay)
+        else:
+            grad = grad.add(param, alpha=weight_decay)
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            # torch's convention: the buffer starts as the gradient, undampened.
+            buf = state["momentum_buffer"] = grad.detach().clone()
+        else:
+            buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+        grad = grad.add(buf, alpha=momentum) if nesterov else buf
+    if isinstance(lr, Tensor) and lr.requires_grad:
+        param.addcmul_(grad, lr, value=-1)
+    else:
+        param.add_(grad, alpha=-lr)
+
+
+class SGD(FusedSupport, Optimizer):
+    r"""Stochastic gradient descent (optionally with momentum), exactly as ``torch.optim.SGD``.
+
+    Args:
+        params: parameters, named parameters or parameter groups.
+        lr (float or Tensor): learning rate :math:`\gamma` (default: 1e-3).
+        momentum (float): momentum factor :math:`\mu` (default: 0).
+        dampening (float): dampening :math:`\tau` for momentum (default: 0).
+        weight_decay (float): L2 penalty :math:`\lambda` (default: 0).
+        nesterov (bool): Nesterov momentum, Sutskever et al. 2013 (default: False).
+        maximize (bool): maximize the objective (default: False).
+        foreach, differentiable, fused: see the README's "Implementation flags".
+
+    State per parameter: ``momentum_buffer`` (only with momentum).
+    """
+
+    _param_shaped_state = ("momentum_buffer",)
+    _fused_kernel = "sgd"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        check_lr(lr)
+        check_nonneg(momentum, "momentum value")
+        check_nonneg(weight_decay, "weight_decay value")
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, maximize=maximize, foreach=foreach,
+            differentiable=differentiable, fused=fused,
+        )  # fmt: skip
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        check_impl_flags(foreach, fused, differentiable)
+        super().__init__(params, defaults)
+
+    _rule = staticmethod(sgd_)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {}  # the momentum buffer is created by the rule from the first gradient
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            lr=to_scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+            weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
+        )  # fmt: skip
