@@ -14,6 +14,10 @@ from .optimizer import (
 )
 from .sgd import SGD
 
+# ---- helper-A imports
+
+# ---- helper-B imports
+
 __version__ = "0.1.0"
 
 __all__ = [

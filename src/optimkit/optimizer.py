@@ -548,6 +548,22 @@ class Optimizer(torch.optim.Optimizer):
             return type(value)(self._cast_state(param, v, group) for v in value)
         return value
 
+    @staticmethod
+    def _process_value_according_to_param_policy(
+        param: torch.Tensor, value: torch.Tensor, param_id: int, param_groups: list[dict], key: Any = None
+    ) -> torch.Tensor:
+        """torch's per-value load policy, for code that calls it directly: a ``step`` keeps
+        its dtype (float32 on the parameter's device if fused/capturable); other floating
+        values take the parameter's dtype and device."""
+        group = next((g for g in param_groups if param_id in g["params"]), {})
+        if key == "step":
+            if group.get("fused") or group.get("capturable"):
+                return value.to(dtype=torch.float32, device=param.device)
+            return value
+        if param.is_floating_point():
+            return value.to(dtype=param.dtype, device=param.device)
+        return value.to(device=param.device)
+
     def _step_from_number(self, value: float, param: torch.Tensor, group: dict[str, Any]) -> Any:
         """Old state dicts stored the step as a number; optimizers with tensor steps convert it."""
         return _step_tensor(param, group, float(value))

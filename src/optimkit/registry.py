@@ -101,6 +101,11 @@ _register(OptimizerSpec(
 ))  # fmt: skip
 
 
+# ---- helper-A optimizers (RMSprop, Adadelta, Adamax, NAdam, RAdam, ASGD, Rprop) go here
+
+# ---- helper-B optimizers (SparseAdam, LBFGS, Adafactor, Muon) go here
+
+
 def names() -> list[str]:
     """Registered optimizer names, in registry order."""
     return list(REGISTRY)

@@ -1,0 +1,333 @@
+"""The Optimizer base class: torch's API and behaviour, implemented here."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import pickle
+import warnings
+
+import pytest
+import torch
+from harness import assert_same
+from torch.optim.optimizer import register_optimizer_step_post_hook as torch_register_post
+
+import optimkit
+from optimkit.registry import REGISTRY
+
+
+def _params(n=2):
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(3, 2)) for _ in range(n)]
+
+
+def _step(opt, params, value=1.0):
+    for p in params:
+        p.grad = torch.full_like(p, value)
+    return opt.step()
+
+
+def test_is_a_torch_optimizer_but_runs_none_of_its_base_code():
+    opt = optimkit.SGD(_params(), lr=0.1)
+    assert isinstance(opt, torch.optim.Optimizer)
+    torch_base = vars(torch.optim.Optimizer)
+    ours = vars(optimkit.Optimizer)
+    inherited = [
+        name
+        for name, value in torch_base.items()
+        if (inspect.isfunction(value) or isinstance(value, (staticmethod, classmethod, property)))
+        and name not in ours
+    ]
+    assert inherited == [], f"torch base-class code still reachable: {inherited}"
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_signature_and_defaults_equal_torch(name):
+    spec = REGISTRY[name]
+    if spec.torch_cls is None:
+        pytest.skip("this torch has no such class")
+    ours = inspect.signature(spec.cls.__init__)
+    theirs = inspect.signature(spec.torch_cls.__init__)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.parameters.values()
+    ]
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_defaults_and_repr_equal_torch(name):
+    spec = REGISTRY[name]
+    if spec.torch_cls is None:
+        pytest.skip("this torch has no such class")
+    ours = spec.cls(_params())
+    theirs = spec.torch_cls(_params())
+    assert list(ours.defaults) == list(theirs.defaults)
+    assert_same(ours.defaults, theirs.defaults)
+    assert repr(ours) == repr(theirs)
+
+
+def test_param_groups_hold_the_very_tensors():
+    params = _params()
+    opt = optimkit.SGD(params, lr=0.1)
+    assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in params]
+    before = params[0].detach().clone()
+    _step(opt, params)
+    assert torch.equal(params[0].detach(), before - 0.1)
+
+
+def test_add_param_group_fills_defaults_and_keeps_the_dict():
+    params = _params()
+    opt = optimkit.SGD(params[:1], lr=0.1, momentum=0.9)
+    group = {"params": params[1], "lr": 1e-4}
+    opt.add_param_group(group)
+    assert opt.param_groups[1] is group
+    assert group["params"] == [params[1]] and group["lr"] == 1e-4 and group["momentum"] == 0.9
+
+
+@pytest.mark.parametrize(
+    "bad,error,message",
+    [
+        ({"params": {torch.nn.Parameter(torch.ones(1))}}, TypeError, "ordered collections"),
+        ({"params": [1.0]}, TypeError, "optimizer can only optimize Tensors"),
+        ({"params": [torch.ones(2, requires_grad=True) * 2]}, ValueError, "can't optimize a non-leaf Tensor"),
+        ([torch.ones(1)], TypeError, "param_group must be a dict"),
+    ],
+)
+def test_add_param_group_rejects_bad_groups(bad, error, message):
+    opt = optimkit.SGD(_params(), lr=0.1)
+    with pytest.raises(error, match=message):
+        opt.add_param_group(bad)
+    assert len(opt.param_groups) == 1
+
+
+def test_required_hyperparameter():
+    class Custom(optimkit.Optimizer):
+        def __init__(self, params, lr=optimkit.required):
+            super().__init__(params, {"lr": lr})
+
+    with pytest.raises(ValueError, match="didn't specify a value of required optimization parameter lr"):
+        Custom(_params())
+    assert Custom([{"params": _params(), "lr": 0.1}]).param_groups[0]["lr"] == 0.1
+
+
+def test_named_parameters():
+    model = torch.nn.Linear(2, 2)
+    opt = optimkit.Adam(model.named_parameters())
+    assert opt.param_groups[0]["param_names"] == ["weight", "bias"]
+    assert opt.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]
+    ref = torch.optim.Adam(torch.nn.Linear(2, 2).named_parameters())
+    assert opt.state_dict()["param_groups"] == ref.state_dict()["param_groups"]
+
+
+def test_zero_grad_both_modes():
+    params = _params()
+    opt = optimkit.SGD(params, lr=0.1)
+    _step(opt, params)
+    opt.zero_grad(set_to_none=False)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in params)
+    opt.zero_grad()
+    assert all(p.grad is None for p in params)
+
+
+def test_none_grad_is_skipped_entirely():
+    params = _params(3)
+    opt = optimkit.Adam(params)
+    params[0].grad = torch.ones_like(params[0])
+    before = params[1].detach().clone()
+    opt.step()
+    assert params[0] in opt.state and params[1] not in opt.state
+    assert torch.equal(params[1].detach(), before)
+    assert list(opt.state_dict()["state"]) == [0]
+
+
+def test_step_count_and_closure():
+    params = _params()
+    opt = optimkit.SGD(params, lr=0.1)
+    assert opt._step_count == 0
+
+    def closure():
+        opt.zero_grad()
+        loss = sum((p**2).sum() for p in params)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and opt._step_count == 1
+    opt.step(closure)
+    assert opt._step_count == 2
+
+
+def test_step_runs_without_autograd():
+    params = _params()
+    opt = optimkit.Adam(params)
+    seen = []
+    opt.register_step_post_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    _step(opt, params)
+    assert torch.is_grad_enabled() and params[0].grad_fn is None
+
+
+def test_step_hooks_local_and_global_in_torch_order():
+    params = _params()
+    opt = optimkit.SGD(params, lr=0.1)
+    calls = []
+
+    def pre(o, args, kwargs):
+        calls.append("pre")
+
+    def post(o, args, kwargs):
+        calls.append("post")
+
+    h1 = opt.register_step_pre_hook(pre)
+    h2 = opt.register_step_post_hook(post)
+    g1 = optimkit.register_optimizer_step_pre_hook(lambda *a: calls.append("global-pre"))
+    g2 = torch_register_post(lambda *a: calls.append("global-post"))
+    try:
+        _step(opt, params)
+    finally:
+        for h in (h1, h2, g1, g2):
+            h.remove()
+    assert calls == ["global-pre", "pre", "post", "global-post"]
+    calls.clear()
+    _step(opt, params)
+    assert calls == []
+
+
+def test_step_pre_hook_can_replace_arguments():
+    params = _params()
+    opt = optimkit.SGD(params, lr=0.1)
+
+    def closure():
+        return torch.tensor(7.0)
+
+    opt.register_step_pre_hook(lambda o, args, kwargs: ((), {"closure": closure}))
+    assert _step(opt, params) == 7.0
+    opt.register_step_pre_hook(lambda o, args, kwargs: "nonsense")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        _step(opt, params)
+
+
+def test_state_dict_hooks():
+    params = _params()
+    opt = optimkit.Adam(params)
+    order = []
+    opt.register_state_dict_pre_hook(lambda o: order.append("pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "extra": 1})
+    opt.register_state_dict_post_hook(lambda o, sd: order.append("post-first"), prepend=True)
+    sd = opt.state_dict()
+    assert sd["extra"] == 1 and order == ["pre", "post-first"]
+
+    loaded = []
+    opt.register_load_state_dict_pre_hook(lambda o, sd: {k: v for k, v in sd.items() if k != "extra"})
+    opt.register_load_state_dict_post_hook(lambda o: loaded.append(True))
+    opt.load_state_dict(sd)
+    assert loaded == [True]
+
+
+def test_state_dict_format_and_shared_params_across_groups():
+    params = _params(3)
+    opt = optimkit.SGD([{"params": params[:2]}, {"params": params[2:], "lr": 0.5}], lr=0.1, momentum=0.9)
+    ref = torch.optim.SGD([{"params": params[:2]}, {"params": params[2:], "lr": 0.5}], lr=0.1, momentum=0.9)
+    assert opt.state_dict()["param_groups"] == ref.state_dict()["param_groups"]
+    assert [g["params"] for g in opt.state_dict()["param_groups"]] == [[0, 1], [2]]
+
+
+def test_load_keeps_hyperparameters_a_foreign_dict_lacks():
+    params = _params()
+    opt = optimkit.Adam(params, lr=0.1)
+    _step(opt, params)
+    sd = copy.deepcopy(opt.state_dict())
+    del sd["param_groups"][0]["decoupled_weight_decay"], sd["param_groups"][0]["amsgrad"]
+    opt.load_state_dict(sd)
+    assert opt.param_groups[0]["decoupled_weight_decay"] is False and opt.param_groups[0]["amsgrad"] is False
+
+
+def test_old_style_number_step_is_converted():
+    params = _params()
+    opt = optimkit.Adam(params)
+    _step(opt, params)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["step"] = 1
+    opt.load_state_dict(sd)
+    assert opt.state[params[0]]["step"].dtype == torch.float32
+    _step(opt, params)
+
+
+def test_load_copies_tensors():
+    params = _params()
+    opt = optimkit.Adam(params)
+    _step(opt, params)
+    sd = opt.state_dict()
+    fresh = optimkit.Adam(params)
+    fresh.load_state_dict(sd)
+    assert fresh.state[params[0]]["exp_avg"] is not opt.state[params[0]]["exp_avg"]
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy", "torch.save"])
+def test_pickle_and_deepcopy_continue_identically(how):
+    params = _params()
+    opt = optimkit.Adam(params, lr=0.01)
+    _step(opt, params)
+    if how == "pickle":
+        clone = pickle.loads(pickle.dumps(opt))
+    elif how == "deepcopy":
+        clone = copy.deepcopy(opt)
+    else:
+        buf = io.BytesIO()
+        torch.save(opt, buf)
+        buf.seek(0)
+        clone = torch.load(buf, weights_only=False)
+    clone_params = clone.param_groups[0]["params"]
+    assert clone._step_count == 1
+    _step(opt, params, 0.5)
+    _step(clone, clone_params, 0.5)
+    assert_same([p.detach() for p in params], [p.detach() for p in clone_params])
+    calls = []
+    clone.register_step_post_hook(lambda *a: calls.append(1))
+    _step(clone, clone_params)
+    assert calls == [1]
+
+
+def test_torch_lr_scheduler_drives_optimkit():
+    params = _params()
+    opt = optimkit.SGD(params, lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    lrs = []
+    for _ in range(5):
+        _step(opt, params)
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_scheduler_warns_when_called_before_optimizer_step():
+    opt = optimkit.SGD(_params(), lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    with pytest.warns(UserWarning, match="before `optimizer.step\\(\\)`"):
+        sched.step()
+
+
+def test_grad_scaler_with_optimkit_optimizers():
+    """torch.amp.GradScaler unscales, skips inf steps, and uses the fused path's in-kernel unscale."""
+    for fused in (False, True):
+        results = []
+        for cls in (optimkit.Adam, torch.optim.Adam):
+            torch.manual_seed(0)
+            model = torch.nn.Linear(4, 2)
+            opt = cls(model.parameters(), lr=0.1, fused=fused)
+            scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+            for step in range(4):
+                opt.zero_grad()
+                loss = model(torch.ones(3, 4) * (1e30 if step == 1 else 1.0)).pow(2).sum()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            results.append([p.detach().clone() for p in model.parameters()] + [torch.tensor(scaler.get_scale())])
+        assert_same(results[0], results[1], f"fused={fused}")
+
+
+def test_duplicate_parameters_warn():
+    p = torch.nn.Parameter(torch.ones(1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimkit.SGD([p, p], lr=0.1)
+    assert any("duplicate parameters" in str(w.message) for w in caught)
