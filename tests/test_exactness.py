@@ -16,7 +16,7 @@ from harness import assert_same, clone_kwargs, grad_like, make_params, run, skip
 
 from optimkit.registry import REGISTRY
 
-DTYPES = [torch.float32, torch.float64]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
 
 def torch_kwargs(spec, kwargs):
@@ -121,7 +121,7 @@ def _db_cases():
 
 
 @pytest.mark.parametrize("spec,kwargs", _db_cases())
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 def test_exact_vs_torch_on_torch_test_database(spec, kwargs, dtype):
     """The configurations of torch's own optimizer test database, exact as well."""
     check_parity(spec, kwargs, dtype)

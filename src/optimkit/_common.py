@@ -6,7 +6,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_lr", "check_nonneg", "check_betas", "check_impl_flags", "as_real", "to_scalar"]
+__all__ = [
+    "check_lr",
+    "check_nonneg",
+    "check_betas",
+    "check_impl_flags",
+    "as_real",
+    "to_scalar",
+    "differentiating",
+]
 
 
 def check_lr(lr: float | torch.Tensor) -> None:
@@ -49,3 +57,13 @@ def to_scalar(x: Any) -> Any:
     if isinstance(x, torch.Tensor) and x.dim() != 0:
         return x.squeeze()
     return x
+
+
+def differentiating() -> bool:
+    """True while a step runs with ``differentiable=True`` (autograd records the update).
+
+    Rules then avoid the few in-place updates that would overwrite tensors autograd saved
+    for backward (``sqrt().add_``, ``maximum(out=)``). The replacements compute the same
+    values with the same ops, so the numbers do not change -- only the graph can be built.
+    """
+    return torch.is_grad_enabled()

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_impl_flags, check_lr, check_nonneg, to_scalar
+from ._common import as_real, check_impl_flags, check_lr, check_nonneg, differentiating, to_scalar
 from .fused import FusedSupport
 from .optimizer import Optimizer, _step_tensor
 
@@ -55,7 +55,8 @@ def adagrad_(
     else:
         param, grad, state_sum = as_real(param, grad, state_sum)
         state_sum.addcmul_(grad, grad, value=1)
-        std = state_sum.sqrt().add_(eps)
+        std = state_sum.sqrt()
+        std = std + eps if differentiating() else std.add_(eps)
         param.addcdiv_(grad, std, value=-clr)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_betas, check_impl_flags, check_lr, check_nonneg, to_scalar
+from ._common import as_real, check_betas, check_impl_flags, check_lr, check_nonneg, differentiating, to_scalar
 from .fused import FusedSupport
 from .optimizer import Optimizer, _step_tensor
 
@@ -64,11 +64,13 @@ def adam_(
     step_size = lr / bias_correction1
     bias_correction2_sqrt = bias_correction2**0.5
     if amsgrad:
-        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        denom = (max_exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    else:
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    param.addcdiv_(exp_avg, denom, value=-step_size)
+        if differentiating():
+            max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.clone(), exp_avg_sq))
+        else:
+            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        exp_avg_sq = max_exp_avg_sq
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    param.addcdiv_(exp_avg.clone() if differentiating() else exp_avg, denom, value=-step_size)
 
 
 class Adam(FusedSupport, Optimizer):

@@ -340,6 +340,7 @@ class Optimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------------ the step driver
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        self._accelerator_graph_capture_health_check()
         loss = None
         if closure is not None:
             with torch.enable_grad():
