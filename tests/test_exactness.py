@@ -12,8 +12,8 @@ import inspect
 
 import pytest
 import torch
-from harness import assert_same, clone_kwargs, grad_like, make_params, run, skip_pattern
 
+from harness import assert_same, clone_kwargs, grad_like, make_params, run, skip_pattern
 from optimkit.registry import REGISTRY
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]

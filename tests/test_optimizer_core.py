@@ -10,10 +10,10 @@ import warnings
 
 import pytest
 import torch
-from harness import assert_same
 from torch.optim.optimizer import register_optimizer_step_post_hook as torch_register_post
 
 import optimkit
+from harness import assert_same
 from optimkit.registry import REGISTRY
 
 

@@ -12,8 +12,8 @@ import io
 
 import pytest
 import torch
-from harness import assert_same, clone_kwargs, make_params, run
 
+from harness import assert_same, clone_kwargs, make_params, run
 from optimkit.registry import REGISTRY
 
 DTYPES = [torch.float32, torch.float64]

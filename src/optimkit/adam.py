@@ -7,7 +7,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_betas, check_impl_flags, check_lr, check_nonneg, differentiating, to_scalar
+from ._common import (
+    as_real,
+    check_betas,
+    check_impl_flags,
+    check_lr,
+    check_nonneg,
+    differentiating,
+    to_scalar,
+)
 from .fused import FusedSupport
 from .optimizer import Optimizer, _step_tensor
 
