@@ -79,3 +79,25 @@ def test_error_leaves_nothing_half_done(name):
     assert bad == {"params": [p2, p1], "lr": 0.5}
     assert len(opt.param_groups) == 1
     assert opt.param_groups[0].keys() == before.keys()
+
+
+CAPTURABLE = [
+    pytest.param(spec, id=name)
+    for name, spec in REGISTRY.items()
+    if spec.torch_cls is not None and "capturable" in __import__("inspect").signature(spec.cls).parameters
+]
+
+
+@pytest.mark.parametrize("spec", CAPTURABLE)
+def test_capturable_on_cpu_raises_torchs_error(spec):
+    """capturable=True needs an accelerator: the same AssertionError as torch, before any change."""
+    outcomes = []
+    for cls in (spec.cls, spec.torch_cls):
+        p = torch.nn.Parameter(torch.ones(2, 2))
+        p.grad = torch.ones(2, 2)
+        try:
+            cls([p], capturable=True).step()
+        except AssertionError as e:
+            outcomes.append(str(e))
+        assert torch.equal(p.detach(), torch.ones(2, 2))
+    assert len(outcomes) == 2 and outcomes[0] == outcomes[1], outcomes

@@ -121,6 +121,9 @@ class Optimizer(torch.optim.Optimizer):
     _scalar_state: tuple[str, ...] = ("step",)
     #: State entries that have the parameter's shape; ``load_state_dict`` checks them.
     _param_shaped_state: tuple[str, ...] = ()
+    #: How torch words the capturable-on-unsupported-device error, and whether XLA counts.
+    _capturable_tensors: str = "params and state_steps"
+    _capturable_xla: bool = True
     #: Error raised when a group holds a sparse gradient and the rule cannot take it.
     _sparse_error: str | None = None
 
@@ -395,11 +398,11 @@ class Optimizer(torch.optim.Optimizer):
     def _check_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """Raise before any update if the group cannot be stepped (capturable on CPU, ...)."""
         if group.get("capturable"):
-            devices = _torch_optimizer._get_capturable_supported_devices()
+            devices = _torch_optimizer._get_capturable_supported_devices(self._capturable_xla)
             for p in params:
                 if p.device.type not in devices:
                     raise AssertionError(
-                        f"If capturable=True, params and state_steps must be on supported devices: {devices}."
+                        f"If capturable=True, {self._capturable_tensors} must be on supported devices: {devices}."
                     )
 
     def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:

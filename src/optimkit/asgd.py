@@ -1,0 +1,142 @@
+"""ASGD: averaged stochastic gradient descent (Polyak & Juditsky 1992)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._common import as_real, check_lr, check_nonneg, to_scalar
+from .optimizer import Optimizer, _scalar_dtype
+
+__all__ = ["ASGD", "asgd_"]
+
+
+def asgd_(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    *,
+    lr: float | Tensor,
+    lambd: float,
+    alpha: float,
+    t0: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    r"""One ASGD step on ``param`` (in place).
+
+    .. math::
+        t &\leftarrow t + 1, \quad g \leftarrow \pm\nabla f(\theta) + \lambda_{wd}\theta \\
+        \theta &\leftarrow \theta(1 - \lambda\eta) - \eta g \\
+        \bar\theta &\leftarrow \bar\theta + \mu(\theta - \bar\theta)
+            \text{ (just } \theta \text{ while } \mu = 1) \\
+        \eta &\leftarrow \gamma / (1 + \lambda\gamma t)^\alpha, \quad
+            \mu \leftarrow 1 / \max(1, t - t_0)
+
+    State: ``step``, ``eta`` (:math:`\eta`), ``mu`` (:math:`\mu`) -- scalar tensors -- and
+    ``ax`` (the average :math:`\bar\theta`).
+    """
+    if maximize:
+        grad = -grad
+    mu, eta = state["mu"], state["eta"]
+    # ASGD views complex tensors as real *before* the weight decay (Adam does it after).
+    grad, param, ax = as_real(grad, param, state["ax"])
+    step_t = state["step"]
+    step_t += 1
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)
+
+    eta_value = eta.item()
+    param.mul_(1 - lambd * eta_value)  # decay term
+    param.add_(grad, alpha=-eta_value)
+
+    if mu.item() != 1:
+        ax.add_(param.sub(ax).mul_(mu))
+    else:
+        ax.copy_(param)
+
+    # The new eta and mu go through a tensor of the computed (Python or lr tensor) precision
+    # and are then rounded into the state's dtype, as in torch.
+    step = step_t.item()
+    eta.copy_(torch.as_tensor(lr / ((1 + lambd * lr * step) ** alpha)))
+    mu.copy_(torch.as_tensor(1 / max(1, step - t0)))
+
+
+class ASGD(Optimizer):
+    r"""ASGD, exactly as ``torch.optim.ASGD``.
+
+    Polyak & Juditsky, *Acceleration of Stochastic Approximation by Averaging* (SIAM J.
+    Control Optim. 1992). The average of the iterates is kept in the state as ``ax``; the
+    parameters themselves follow plain (decayed) SGD.
+
+    Args:
+        params: parameters, named parameters or parameter groups.
+        lr (float or Tensor): learning rate :math:`\gamma` (default: 1e-2).
+        lambd (float): decay term :math:`\lambda` (default: 1e-4).
+        alpha (float): power :math:`\alpha` of the eta update (default: 0.75).
+        t0 (float): step at which averaging starts (default: 1e6).
+        weight_decay (float): L2 penalty (default: 0).
+        maximize (bool): maximize the objective.
+        foreach, differentiable, capturable: see the README's "Implementation flags".
+
+    State per parameter: ``step``, ``eta``, ``mu`` (scalar tensors on the parameter's
+    device, in the default scalar dtype) and ``ax``.
+    """
+
+    _param_shaped_state = ("ax",)
+    _capturable_tensors = "params, mus, etas, and state_steps"
+    # torch casts eta and mu to a float64 parameter's dtype on load, so a resumed torch run
+    # drifts from an uninterrupted one; keeping the saved dtype resumes exactly.
+    _scalar_state = ("step", "eta", "mu")
+    _sparse_error = "ASGD does not support sparse gradients"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-2,
+        lambd: float = 1e-4,
+        alpha: float = 0.75,
+        t0: float = 1e6,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+    ) -> None:
+        check_lr(lr)
+        check_nonneg(weight_decay, "weight_decay value")
+        defaults = dict(
+            lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, capturable=capturable,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    _rule = staticmethod(asgd_)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        # Unlike other optimizers, torch keeps ASGD's step on the parameter's device.
+        dtype = _scalar_dtype()
+        return {
+            "step": torch.zeros((), device=p.device, dtype=dtype),
+            "eta": torch.as_tensor(to_scalar(group["lr"]), device=p.device, dtype=dtype).clone().detach(),
+            "mu": torch.ones((), device=p.device, dtype=dtype),
+            "ax": torch.zeros_like(p, memory_format=torch.preserve_format),
+        }
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            lr=to_scalar(group["lr"]), lambd=group["lambd"], alpha=group["alpha"], t0=group["t0"],
+            weight_decay=group["weight_decay"], maximize=group["maximize"],
+        )  # fmt: skip
+
+    def _cast_state(self, param: Tensor, value: Any, group: dict[str, Any], key: Any = None) -> Any:
+        # All of ASGD's scalar state lives on the parameter's device (step included, unlike the
+        # base class's CPU step); old state dicts stored the scalars as numbers.
+        if key in self._scalar_state:
+            if isinstance(value, Tensor):
+                return value.to(device=param.device, copy=True)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return torch.tensor(float(value), dtype=_scalar_dtype(), device=param.device)
+        return super()._cast_state(param, value, group, key)
