@@ -19,9 +19,9 @@ def clone_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_params(spec: OptimizerSpec, dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
-    """A few parameters of odd sizes; Muon gets matrices only."""
+    """A few parameters of odd sizes; Muon gets matrices only (wide, tall and square)."""
     g = torch.Generator().manual_seed(seed)
-    shapes = [(3, 5), (4, 4), (2, 7)] if spec.matrix_only else [(3, 5), (7,), (4, 4), (1,), (2, 3, 2)]
+    shapes = [(3, 5), (6, 2), (4, 4), (2, 7)] if spec.matrix_only else [(3, 5), (7,), (4, 4), (1,), (2, 3, 2)]
     params = []
     for shape in shapes:
         real_dtype = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)

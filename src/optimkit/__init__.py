@@ -4,36 +4,45 @@
 defaults, state-dict format and -- on the default path -- the same numbers, bit for bit.
 """
 
+from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adamax import Adamax
+from .asgd import ASGD
+from .lbfgs import LBFGS
+from .muon import Muon
+from .nadam import NAdam
 from .optimizer import (
     Optimizer,
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
     required,
 )
+from .radam import RAdam
 from .registry import create_optimizer
+from .rmsprop import RMSprop
+from .rprop import Rprop
 from .sgd import SGD
-
-# ---- helper-A imports
-
-# ---- helper-B imports
-# isort: split
-from .adafactor import Adafactor
-from .lbfgs import LBFGS
-from .muon import Muon
 from .sparse_adam import SparseAdam
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ASGD",
+    "Adadelta",
     "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
     "LBFGS",
     "Muon",
+    "NAdam",
     "Optimizer",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
     "create_optimizer",
     "SGD",
     "SparseAdam",

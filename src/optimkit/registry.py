@@ -13,7 +13,22 @@ from typing import Any
 
 import torch
 
-from . import adagrad, adam, sgd
+from . import (
+    adadelta,
+    adafactor,
+    adagrad,
+    adam,
+    adamax,
+    asgd,
+    lbfgs,
+    muon,
+    nadam,
+    radam,
+    rmsprop,
+    rprop,
+    sgd,
+    sparse_adam,
+)
 
 __all__ = ["OptimizerSpec", "REGISTRY", "get_spec", "create_optimizer", "names"]
 
@@ -101,9 +116,101 @@ _register(OptimizerSpec(
 ))  # fmt: skip
 
 
-# ---- helper-A optimizers (RMSprop, Adadelta, Adamax, NAdam, RAdam, ASGD, Rprop) go here
+_register(OptimizerSpec(
+    "rmsprop", rmsprop.RMSprop, lab_lr=0.01,
+    configs=(
+        {}, {"lr": 1e-3}, {"lr": _t(0.01)}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True},
+        {"centered": True}, {"momentum": 0.9}, {"alpha": 0.9, "eps": 1e-6},
+        {"centered": True, "momentum": 0.5, "weight_decay": 0.1, "maximize": True},
+        {"momentum": 0.5, "lr": _t(0.02), "centered": True},
+    ),
+))  # fmt: skip
+_register(OptimizerSpec(
+    "adadelta", adadelta.Adadelta, lab_lr=1.0,
+    configs=(
+        {}, {"lr": 0.1}, {"lr": _t(0.5)}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True},
+        {"rho": 0.95, "eps": 1e-4}, {"rho": 0.5, "weight_decay": 0.9, "lr": _t(0.1), "maximize": True},
+    ),
+))  # fmt: skip
+_register(OptimizerSpec(
+    "adamax", adamax.Adamax, lab_lr=0.02,
+    configs=(
+        {}, {"lr": 0.1}, {"lr": _t(0.01)}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True},
+        {"betas": (0.8, 0.9), "eps": 1e-6}, {"betas": (0.5, 0.6), "eps": 0.5, "lr": _t(0.05)},
+    ),
+))  # fmt: skip
+_register(OptimizerSpec(
+    "nadam", nadam.NAdam, lab_lr=0.01,
+    configs=(
+        {}, {"lr": 1e-3}, {"lr": _t(0.01)}, {"momentum_decay": 6e-3}, {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "momentum_decay": 6e-3, "decoupled_weight_decay": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "lr": _t(0.01), "maximize": True},
+        {"weight_decay": 0.1, "maximize": True}, {"betas": (0.8, 0.9), "eps": 1e-6, "momentum_decay": 0.5},
+    ),
+))  # fmt: skip
+_register(OptimizerSpec(
+    "radam", radam.RAdam, lab_lr=0.01,
+    configs=(
+        {}, {"lr": 2e-3}, {"lr": _t(0.01)}, {"eps": 1e-6}, {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True}, {"weight_decay": 0.1, "maximize": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "lr": _t(0.02), "maximize": True},
+        {"betas": (0.8, 0.9), "lr": 0.05},
+    ),
+))  # fmt: skip
+_register(OptimizerSpec(
+    "asgd", asgd.ASGD, lab_lr=0.01,
+    configs=(
+        {}, {"lr": 0.02}, {"lr": _t(0.01)}, {"lambd": 0.1}, {"t0": 2},
+        {"alpha": 0.5, "lambd": 0.01, "lr": 0.05}, {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "maximize": True}, {"t0": 1, "lr": _t(0.02), "lambd": 0.5, "maximize": True},
+    ),
+))  # fmt: skip
+_register(OptimizerSpec(
+    "rprop", rprop.Rprop, lab_lr=0.01,
+    configs=(
+        {}, {"lr": 2e-4}, {"lr": _t(0.01)}, {"etas": (0.3, 1.5)}, {"step_sizes": (2e-6, 100)},
+        {"step_sizes": (5e-3, 2e-2)}, {"maximize": True},
+        {"lr": _t(0.05), "etas": (0.4, 1.1), "step_sizes": (1e-3, 0.1), "maximize": True},
+    ),
+))  # fmt: skip
 
-# ---- helper-B optimizers (SparseAdam, LBFGS, Adafactor, Muon) go here
+
+_register(OptimizerSpec(
+    "sparseadam", sparse_adam.SparseAdam, lab_lr=0.01, sparse="only", complex=False,
+    configs=(
+        {}, {"lr": 0.01}, {"lr": _t(0.01)}, {"maximize": True}, {"betas": (0.8, 0.9), "eps": 1e-6},
+        {"lr": 0.05, "betas": (0.5, 0.7), "maximize": True},
+    ),
+))  # fmt: skip
+_register(OptimizerSpec(
+    "lbfgs", lbfgs.LBFGS, lab_lr=1.0, closure=True, elementwise=False,
+    configs=(
+        {}, {"lr": 0.1}, {"lr": _t(0.5)}, {"line_search_fn": "strong_wolfe"},
+        {"line_search_fn": "strong_wolfe", "history_size": 2, "max_iter": 6},
+        {"line_search_fn": "strong_wolfe", "lr": _t(0.3), "max_eval": 7, "tolerance_change": 1e-4},
+        {"history_size": 3, "max_iter": 7, "max_eval": 9, "lr": 0.5},
+        {"tolerance_grad": 1e-3, "tolerance_change": 1e-4}, {"max_iter": 1},
+        {"line_search_fn": "strong_wolfe", "max_iter": 1},
+    ),
+))  # fmt: skip
+_register(OptimizerSpec(
+    "adafactor", adafactor.Adafactor, lab_lr=0.05, complex=False, elementwise=False,
+    configs=(
+        {}, {"lr": 0.05}, {"lr": _t(0.01)}, {"weight_decay": 0.1, "lr": 0.01},
+        {"weight_decay": 0.1, "maximize": True}, {"beta2_decay": -1.0}, {"beta2_decay": -0.5, "d": 1.5},
+        {"eps": (1e-30, 1e-2)}, {"eps": (0.5, 0.0), "lr": 0.5}, {"d": 4.0, "lr": 1.0, "weight_decay": 0.01},
+        {"foreach": False, "maximize": True},
+    ),
+))  # fmt: skip
+_register(OptimizerSpec(
+    "muon", muon.Muon, lab_lr=0.02, matrix_only=True, complex=False, elementwise=False,
+    configs=(
+        {}, {"lr": 0.02}, {"lr": _t(0.01)}, {"nesterov": False}, {"adjust_lr_fn": "original"},
+        {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.01}, {"ns_steps": 3, "momentum": 0.8},
+        {"weight_decay": 0.0, "nesterov": False, "momentum": 0.0},
+        {"ns_coefficients": (3.4, -4.7, 2.0), "eps": 1e-3, "ns_steps": 6},
+    ),
+))  # fmt: skip
 
 
 def names() -> list[str]:
