@@ -8,11 +8,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup lab test lint bench browser
+.PHONY: setup lab test browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" -e ".[test,lab]"
 	touch $@
 
@@ -29,8 +28,5 @@ browser:
 		echo "chromium not installed: the browser test will be skipped (it fails under CI=true)"
 
 test: setup browser
-	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
-
-bench: setup
-	$(VENV)/bin/optimkit bench
