@@ -4,6 +4,7 @@
 defaults, state-dict format and -- on the default path -- the same numbers, bit for bit.
 """
 
+from . import lr_scheduler, schedules, swa_utils
 from .adadelta import Adadelta
 from .adafactor import Adafactor
 from .adagrad import Adagrad
@@ -11,6 +12,7 @@ from .adam import Adam, AdamW
 from .adamax import Adamax
 from .asgd import ASGD
 from .lbfgs import LBFGS
+from .lr_finder import LRFinderResult, find_lr
 from .muon import Muon
 from .nadam import NAdam
 from .optimizer import (
@@ -44,6 +46,11 @@ __all__ = [
     "RMSprop",
     "Rprop",
     "create_optimizer",
+    "find_lr",
+    "LRFinderResult",
+    "lr_scheduler",
+    "schedules",
+    "swa_utils",
     "SGD",
     "SparseAdam",
     "register_optimizer_step_post_hook",
