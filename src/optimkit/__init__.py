@@ -11,6 +11,7 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .asgd import ASGD
+from .checkpoint import Checkpointer
 from .lbfgs import LBFGS
 from .lr_finder import LRFinderResult, find_lr
 from .muon import Muon
@@ -45,6 +46,7 @@ __all__ = [
     "RAdam",
     "RMSprop",
     "Rprop",
+    "Checkpointer",
     "create_optimizer",
     "find_lr",
     "LRFinderResult",
