@@ -331,3 +331,10 @@ def test_duplicate_parameters_warn():
         warnings.simplefilter("always")
         optimkit.SGD([p, p], lr=0.1)
     assert any("duplicate parameters" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_registry_capabilities_match_the_classes(name):
+    spec = REGISTRY[name]
+    assert spec.elementwise == spec.cls._elementwise
+    assert spec.fused == hasattr(spec.cls, "_fused_kernel")

@@ -74,6 +74,7 @@ class Adadelta(Optimizer):
     """
 
     _param_shaped_state = ("square_avg", "acc_delta")
+    _elementwise = True
     _capturable_xla = False
     _sparse_error = "Adadelta does not support sparse gradients"
 

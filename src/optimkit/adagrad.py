@@ -77,6 +77,7 @@ class Adagrad(FusedSupport, Optimizer):
     """
 
     _param_shaped_state = ("sum",)
+    _elementwise = True
     _fused_kernel = "adagrad"
 
     def __init__(

@@ -100,6 +100,7 @@ class Adam(FusedSupport, Optimizer):
     """
 
     _param_shaped_state = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _elementwise = True
     _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
     _fused_kernel = "adam"
 

@@ -74,6 +74,7 @@ class Adamax(Optimizer):
     """
 
     _param_shaped_state = ("exp_avg", "exp_inf")
+    _elementwise = True
     _sparse_error = "Adamax does not support sparse gradients"
 
     def __init__(

@@ -102,6 +102,7 @@ class NAdam(Optimizer):
     """
 
     _param_shaped_state = ("exp_avg", "exp_avg_sq")
+    _elementwise = True
     _capturable_tensors = "params, mu_products and state_steps"
     # torch casts mu_product to a float64 parameter's dtype on load, so a resumed torch run
     # drifts from an uninterrupted one; keeping the saved dtype resumes exactly.

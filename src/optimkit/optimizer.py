@@ -32,6 +32,8 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
+from . import flat
+
 __all__ = [
     "Optimizer",
     "required",
@@ -124,6 +126,9 @@ class Optimizer(torch.optim.Optimizer):
     #: How torch words the capturable-on-unsupported-device error, and whether XLA counts.
     _capturable_tensors: str = "params and state_steps"
     _capturable_xla: bool = True
+    #: The rule is elementwise (each output element depends only on the same element of its
+    #: inputs, plus scalars): it may then run on chunks of a tensor or on packs of tensors.
+    _elementwise: bool = False
     #: Error raised when a group holds a sparse gradient and the rule cannot take it.
     _sparse_error: str | None = None
 
@@ -366,13 +371,20 @@ class Optimizer(torch.optim.Optimizer):
         return params, grads
 
     def _step_group(self, group: dict[str, Any]) -> None:
-        """The per-tensor execution strategy: the rule once per parameter."""
+        """Apply the rule to every parameter of the group that has a gradient.
+
+        Elementwise rules go through :mod:`optimkit.flat` (small tensors packed, big ones
+        chunked: the same bits, far less overhead); others run once per parameter.
+        """
         params, grads = self._params_with_grad(group)
         if not params:
             return
         self._check_group(group, params)
         states = self._states(params, group)
         hyper = self._hyper(group)
+        if self._elementwise and not group.get("differentiable"):
+            flat.step_elementwise(self, group, params, grads, states, hyper)
+            return
         rule = type(self)._rule
         for p, grad, state in zip(params, grads, states):
             rule(p, grad, state, **hyper)
@@ -430,8 +442,11 @@ class Optimizer(torch.optim.Optimizer):
         param_groups = []
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k != "params"}
-            for i, p in enumerate(group["params"], start):
-                param_ids.setdefault(id(p), i)
+            # As torch: ids new to this group are numbered together, so a parameter listed
+            # twice in one group gets the id of its last occurrence.
+            param_ids.update(
+                {id(p): i for i, p in enumerate(group["params"], start) if id(p) not in param_ids}
+            )
             packed["params"] = [param_ids[id(p)] for p in group["params"]]
             start += len(packed["params"])
             param_groups.append(packed)
@@ -512,7 +527,8 @@ class Optimizer(torch.optim.Optimizer):
         for sg in new_groups:
             self._normalize_group(sg)
 
-        # Everything is valid: commit.
+        # Everything is valid: commit (the flat layouts describe the old state: drop them).
+        self.__dict__.pop("_flat_layouts", None)
         self.state = state
         self.param_groups = new_groups
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():

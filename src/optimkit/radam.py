@@ -98,6 +98,7 @@ class RAdam(Optimizer):
     """
 
     _param_shaped_state = ("exp_avg", "exp_avg_sq")
+    _elementwise = True
     _sparse_error = "RAdam does not support sparse gradients"
 
     def __init__(

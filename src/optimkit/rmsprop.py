@@ -88,6 +88,7 @@ class RMSprop(Optimizer):
     """
 
     _param_shaped_state = ("square_avg", "momentum_buffer", "grad_avg")
+    _elementwise = True
     _sparse_error = "RMSprop does not support sparse gradients"
 
     def __init__(

@@ -80,6 +80,7 @@ class Rprop(Optimizer):
     """
 
     _param_shaped_state = ("prev", "step_size")
+    _elementwise = True
     _sparse_error = "Rprop does not support sparse gradients"
 
     def __init__(

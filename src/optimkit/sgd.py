@@ -73,6 +73,7 @@ class SGD(FusedSupport, Optimizer):
     """
 
     _param_shaped_state = ("momentum_buffer",)
+    _elementwise = True
     _fused_kernel = "sgd"
 
     def __init__(
