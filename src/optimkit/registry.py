@@ -176,7 +176,7 @@ _register(OptimizerSpec(
 
 
 _register(OptimizerSpec(
-    "sparseadam", sparse_adam.SparseAdam, lab_lr=0.01, sparse="only", complex=False,
+    "sparseadam", sparse_adam.SparseAdam, lab_lr=0.01, sparse="only", complex=False, elementwise=False,
     configs=(
         {}, {"lr": 0.01}, {"lr": _t(0.01)}, {"maximize": True}, {"betas": (0.8, 0.9), "eps": 1e-6},
         {"lr": 0.05, "betas": (0.5, 0.7), "maximize": True},
