@@ -30,6 +30,7 @@ changes, and dropped by ``load_state_dict``.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,9 +56,11 @@ class _Pack:
     """Small parameters updated together: one flat buffer per state key."""
 
     params: list[Tensor]
+    index: list[int]  # positions of the params in the group's list of parameters with gradients
     state: dict[str, Tensor]  # param-shaped keys: flat buffers; scalar keys: one entry per param
     scalar_keys: tuple[str, ...]
     views: dict[str, list[Tensor]] = field(default_factory=dict)  # per key, per param
+    dicts: list[dict[str, Any]] = field(default_factory=list)  # each param's state dict
     param_scratch: Tensor | None = None
     grad_scratch: Tensor | None = None
     param_views: list[Tensor] = field(default_factory=list)  # into param_scratch, shaped like params
@@ -66,7 +69,10 @@ class _Pack:
 
 @dataclass
 class _Layout:
-    signature: tuple
+    """How a group's parameters with gradients are stepped, planned once and reused."""
+
+    params: list[Tensor]  # the parameters (with gradients) it was planned for, in order
+    rest: list[int]  # indices stepped one by one (big ones chunked)
     packs: list[_Pack]
 
 
@@ -91,42 +97,45 @@ def _scalar_values(state: dict[str, Any]) -> tuple:
     return tuple((k, v.dtype, v.device, v.item()) for k, v in sorted(state.items()) if v.dim() == 0)
 
 
-def _build_packs(opt: Any, small: list[tuple[Tensor, dict[str, Any]]]) -> list[_Pack]:
+def _build_packs(
+    opt: Any, params: list[Tensor], states: list[dict[str, Any]], small: list[int]
+) -> list[_Pack]:
     """Group small parameters by (device, dtype, state keys, scalar values); fill packs up to
     ``CHUNK`` elements; move their state into flat buffers and give each parameter views."""
-    buckets: dict[tuple, list[tuple[Tensor, dict[str, Any]]]] = {}
-    for p, st in small:
+    buckets: dict[tuple, list[int]] = {}
+    for i in small:
+        p, st = params[i], states[i]
         key = (p.device, p.dtype, tuple(sorted(k for k, v in st.items() if v.dim() > 0)), _scalar_values(st))
-        buckets.setdefault(key, []).append((p, st))
+        buckets.setdefault(key, []).append(i)
     packs = []
     for (_, _, shaped_keys, scalars), members in buckets.items():
-        batch: list[tuple[Tensor, dict[str, Any]]] = []
+        batch: list[int] = []
         size = 0
-        for p, st in members:
-            if batch and size + p.numel() > CHUNK:
-                packs.append(_make_pack(opt, batch, shaped_keys, scalars))
+        for i in members:
+            if batch and size + params[i].numel() > CHUNK:
+                packs.append(_make_pack(opt, params, states, batch, shaped_keys, scalars))
                 batch, size = [], 0
-            batch.append((p, st))
-            size += p.numel()
+            batch.append(i)
+            size += params[i].numel()
         if batch:
-            packs.append(_make_pack(opt, batch, shaped_keys, scalars))
+            packs.append(_make_pack(opt, params, states, batch, shaped_keys, scalars))
     return packs
 
 
-def _make_pack(opt: Any, members: list, shaped_keys: tuple[str, ...], scalars: tuple) -> _Pack:
-    params = [p for p, _ in members]
-    pack = _Pack(params=params, state={}, scalar_keys=tuple(k for k, *_ in scalars))
+def _make_pack(opt: Any, params: list[Tensor], states: list[dict[str, Any]], index: list[int],
+               shaped_keys: tuple[str, ...], scalars: tuple) -> _Pack:  # fmt: skip
+    members = [params[i] for i in index]
+    pack = _Pack(params=members, index=index, state={}, scalar_keys=tuple(k for k, *_ in scalars))
     for key in shaped_keys:
-        pack.state[key] = torch.cat([st[key].reshape(-1) for _, st in members])
+        pack.state[key] = torch.cat([states[i][key].reshape(-1) for i in index])
     for key, *_ in scalars:
-        pack.state[key] = torch.stack([st[key] for _, st in members])
+        pack.state[key] = torch.stack([states[i][key] for i in index])
     _give_views(opt, pack)
-    first = params[0]
-    total = sum(p.numel() for p in params)
-    pack.param_scratch = torch.empty(total, dtype=first.dtype, device=first.device)
+    first = members[0]
+    pack.param_scratch = torch.empty(sum(p.numel() for p in members), dtype=first.dtype, device=first.device)
     pack.grad_scratch = torch.empty_like(pack.param_scratch)
-    pack.param_views = _split_like(pack.param_scratch, params)
-    pack.grad_views = _split_like(pack.grad_scratch, params)
+    pack.param_views = _split_like(pack.param_scratch, members)
+    pack.grad_views = _split_like(pack.grad_scratch, members)
     return pack
 
 
@@ -137,28 +146,39 @@ def _split_like(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
 def _give_views(opt: Any, pack: _Pack) -> None:
     """Point each parameter's state entries at its slice of the pack's buffers."""
     for key, buf in pack.state.items():
-        if key in pack.scalar_keys:
-            views = list(buf.unbind(0))
-        else:
-            views = _split_like(buf, pack.params)
-        pack.views[key] = views
-        for p, v in zip(pack.params, views):
-            opt.state[p][key] = v
+        _hand_out(
+            opt, pack, key, list(buf.unbind(0)) if key in pack.scalar_keys else _split_like(buf, pack.params)
+        )
 
 
-def _pack_intact(opt: Any, pack: _Pack) -> bool:
-    """False if the user replaced a state entry or a parameter's dtype/shape/device changed."""
-    state = opt.state
+def _hand_out(opt: Any, pack: _Pack, key: str, views: list[Tensor]) -> None:
+    pack.views[key] = views
+    for p, v in zip(pack.params, views):
+        opt.state[p][key] = v
+    pack.dicts = [opt.state[p] for p in pack.params]
+
+
+def _pack_intact(opt: Any, pack: _Pack, grads: list[Tensor]) -> bool:
+    """False if a gradient is no longer dense and alike, a parameter's dtype or device
+    changed, a state entry was replaced by the user, or the scalars drifted apart."""
     dtype, device = pack.param_scratch.dtype, pack.param_scratch.device
-    for i, p in enumerate(pack.params):
-        if p.dtype != dtype or p.device != device or p.shape != pack.param_views[i].shape:
+    for p, i in zip(pack.params, pack.index):
+        g = grads[i]
+        if type(g) is not Tensor or g.layout != torch.strided or g.dtype != dtype or g.device != device:
             return False
-        st = state.get(p, {})
-        if len(st) != len(pack.views):
+        if p.dtype != dtype or p.device != device:
             return False
-        for key, views in pack.views.items():
-            if st.get(key) is not views[i]:
-                return False
+    # The state dicts and their entries must still be the ones the pack handed out.
+    states = list(map(opt.state.get, pack.params))
+    if not pack.views:  # no state yet (SGD without momentum, or before its first step)
+        return all(st is None for st in states)
+    if not all(map(operator.is_, states, pack.dicts)):
+        return False
+    for key, views in pack.views.items():
+        if not all(map(operator.is_, map(operator.methodcaller("get", key), states), views)):
+            return False
+    if any(len(st) != len(pack.views) for st in states):
+        return False
     for key in pack.scalar_keys:
         buf = pack.state[key]
         if not torch.equal(buf, buf[:1].expand_as(buf)):
@@ -205,48 +225,51 @@ def _run_pack(opt: Any, rule: Any, pack: _Pack, grads: list[Tensor], hyper: dict
             pack.state[key].copy_(value)
         elif key not in pack.state:  # created by the rule (SGD's momentum buffer)
             pack.state[key] = value
-            views = _split_like(value, pack.params)
-            pack.views[key] = views
-            for p, v in zip(pack.params, views):
-                opt.state[p][key] = v
+            _hand_out(opt, pack, key, _split_like(value, pack.params))
 
 
-def step_elementwise(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                     states: list[dict[str, Any]], hyper: dict[str, Any]) -> None:  # fmt: skip
+def step_elementwise(
+    opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], hyper: dict[str, Any]
+) -> None:
     """One step of ``group`` with ``opt``'s elementwise rule (see the module docstring)."""
     rule = type(opt)._rule
-    if len({id(p) for p in params}) != len(params):
-        # A parameter listed twice is stepped twice in a row by torch; keep that order.
-        for p, g, st in zip(params, grads, states):
-            rule(p, g, st, **hyper)
-        opt._store_states(params, states)
-        return
-    small: list[tuple[Tensor, dict[str, Any]]] = []
-    small_grads: dict[Tensor, Tensor] = {}
-    for p, g, st in zip(params, grads, states):
-        if not _packable(p, g, st):
-            rule(p, g, st, **hyper)
-            opt._store_states([p], [st])
-        elif p.numel() >= SMALL:
-            _run_chunked(rule, p, g, st, hyper)
-            opt._store_states([p], [st])
-        else:
-            small.append((p, st))
-            small_grads[p] = g
-    if not small:
-        return
-    for p, st in small:  # a pack's members need their state in opt.state (views are put there)
-        if st and p not in opt.state:
-            opt.state[p] = st
-    signature = tuple((id(p), len(st)) for p, st in small)
     layouts = opt.__dict__.setdefault("_flat_layouts", {})
     layout = layouts.get(id(group))
-    if (
-        layout is None
-        or layout.signature != signature
-        or not all(_pack_intact(opt, pk) for pk in layout.packs)
-    ):
-        layout = _Layout(signature, _build_packs(opt, small))
-        layouts[id(group)] = layout
+    if layout is None or not _still_fits(opt, layout, params, grads):
+        layout = layouts[id(group)] = _plan(opt, group, params, grads)
+    rest = [params[i] for i in layout.rest]
+    states = opt._states(rest, group)
+    for i, p, st in zip(layout.rest, rest, states):
+        g = grads[i]
+        if p.numel() >= SMALL and _packable(p, g, st):
+            _run_chunked(rule, p, g, st, hyper)
+        else:
+            rule(p, g, st, **hyper)
+    opt._store_states(rest, states)
     for pack in layout.packs:
-        _run_pack(opt, rule, pack, [small_grads[p] for p in pack.params], hyper)
+        _run_pack(opt, rule, pack, [grads[i] for i in pack.index], hyper)
+
+
+def _plan(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> _Layout:
+    """Decide which parameters are packed (moving their state into the packs' buffers)."""
+    states = opt._states(params, group)
+    if len({id(p) for p in params}) != len(params):
+        # A parameter listed twice is stepped twice in a row by torch: keep every one solo.
+        return _Layout(params=list(params), rest=list(range(len(params))), packs=[])
+    small, rest = [], []
+    for i, (p, g, st) in enumerate(zip(params, grads, states)):
+        if p.numel() < SMALL and _packable(p, g, st):
+            small.append(i)
+            if st and p not in opt.state:  # a pack's members keep their state in opt.state
+                opt.state[p] = st
+        else:
+            rest.append(i)
+    return _Layout(params=list(params), rest=rest, packs=_build_packs(opt, params, states, small))
+
+
+def _still_fits(opt: Any, layout: _Layout, params: list[Tensor], grads: list[Tensor]) -> bool:
+    """The same parameters have gradients as when the layout was planned, and every pack is
+    intact (its gradients dense and alike, its state not replaced, its scalars equal)."""
+    if len(params) != len(layout.params) or any(a is not b for a, b in zip(params, layout.params)):
+        return False
+    return all(_pack_intact(opt, pack, grads) for pack in layout.packs)

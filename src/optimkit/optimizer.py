@@ -360,15 +360,14 @@ class Optimizer(torch.optim.Optimizer):
     def _params_with_grad(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The group's parameters that have a gradient (a None grad skips the parameter
         entirely: no state, no step count), checked before anything is updated."""
-        params, grads = [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse and self._sparse_error is not None:
-                raise RuntimeError(self._sparse_error)
-            params.append(p)
-            grads.append(p.grad)
-        return params, grads
+        params = group["params"]
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            params = [p for p, g in zip(params, grads) if g is not None]
+            grads = [g for g in grads if g is not None]
+        if self._sparse_error is not None and any(g.is_sparse for g in grads):
+            raise RuntimeError(self._sparse_error)
+        return list(params), grads
 
     def _step_group(self, group: dict[str, Any]) -> None:
         """Apply the rule to every parameter of the group that has a gradient.
@@ -380,11 +379,11 @@ class Optimizer(torch.optim.Optimizer):
         if not params:
             return
         self._check_group(group, params)
-        states = self._states(params, group)
         hyper = self._hyper(group)
         if self._elementwise and not group.get("differentiable"):
-            flat.step_elementwise(self, group, params, grads, states, hyper)
+            flat.step_elementwise(self, group, params, grads, hyper)
             return
+        states = self._states(params, group)
         rule = type(self)._rule
         for p, grad, state in zip(params, grads, states):
             rule(p, grad, state, **hyper)
