@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (see README):
-#   make lab    set up, then build the optimizer lab report on built-in data (lab-report/index.html)
+#   make lab    set up, then build the optimizer lab report on built-in data (lab_report/index.html)
 #   make test   set up, then run the whole test suite
 # torch is pinned to the CPU build 2.13.0 here (the tests' oracle); users of the package
 # only need torch>=2.4. An unpinned torch would pull a multi-GB CUDA build.
@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 lab: setup
-	$(VENV)/bin/optimkit lab --quick --out lab-report
-	@echo "report: $(CURDIR)/lab-report/index.html"
+	$(VENV)/bin/optimkit lab --out lab_report
+	@echo "report: $(CURDIR)/lab_report/index.html"
 
 # The lab's browser test needs Debian's chromium; install it where we can (root + apt).
 browser:

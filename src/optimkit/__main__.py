@@ -1,0 +1,7 @@
+"""``python -m optimkit ...`` runs the ``optimkit`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
