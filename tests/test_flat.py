@@ -23,6 +23,7 @@ ELEMENTWISE = [spec for spec in REGISTRY.values() if spec.cls._elementwise]
 def small_chunks(monkeypatch):
     monkeypatch.setattr(flat, "SMALL", 40)
     monkeypatch.setattr(flat, "CHUNK", 64)
+    monkeypatch.setattr(flat, "CHUNKED", 64)
 
 
 def _params(dtype=torch.float32, seed=0):

@@ -42,7 +42,11 @@ __all__ = ["SMALL", "CHUNK", "step_elementwise"]
 #: Parameters with fewer elements than this are packed with others.
 SMALL = 1 << 15
 #: Elements per rule call (chunk of a big tensor, or the size a pack is filled up to).
-CHUNK = 1 << 17
+CHUNK = 1 << 19
+#: Tensors from this many elements on are chunked; smaller ones (but not small) take one rule
+#: call, as in torch's for-loop. Chunking pays off where the rule's temporaries would be fresh
+#: pages every step; below this size the extra per-chunk calls cost more than they save.
+CHUNKED = 1 << 19
 
 _PLAIN = (Tensor, torch.nn.Parameter)
 # Only these dtypes: for them torch's CPU kernels compute every element the same way wherever
@@ -241,7 +245,7 @@ def step_elementwise(
     states = opt._states(rest, group)
     for i, p, st in zip(layout.rest, rest, states):
         g = grads[i]
-        if p.numel() >= SMALL and _packable(p, g, st):
+        if p.numel() >= CHUNKED and _packable(p, g, st):
             _run_chunked(rule, p, g, st, hyper)
         else:
             rule(p, g, st, **hyper)
