@@ -15,13 +15,7 @@ from optimkit.lr_finder import LRFinderResult, find_lr, steepest_index, valley_i
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """A tiny MLP: one thread is fastest, and avoids OpenMP spin-waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ import optimkit
 import optimkit.lr_scheduler as OL
 import optimkit.swa_utils as OS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(dtype=torch.float32, bn=True):
