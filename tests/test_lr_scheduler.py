@@ -597,3 +597,23 @@ def test_pickle_and_deepcopy(kind):
     for clone in (copy.deepcopy(sched), pickle.loads(pickle.dumps(sched))):
         assert clone.last_epoch == 3 and clone.get_last_lr() == sched.get_last_lr()
         assert trajectory(clone, 3, 20) == trajectory(copy.deepcopy(sched), 3, 20)
+
+
+def test_isinstance_of_torch_schedulers_but_none_of_their_code_runs():
+    """Frameworks check ``isinstance(s, torch.optim.lr_scheduler.LRScheduler)`` (and
+    ``ReduceLROnPlateau`` to pass it the metric); the behaviour is still all optimkit's."""
+    import inspect
+
+    opt = optimkit.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    plateau = OL.ReduceLROnPlateau(opt)
+    assert isinstance(OL.StepLR(opt, 1), TL.LRScheduler)
+    assert isinstance(plateau, TL.ReduceLROnPlateau) and isinstance(plateau, TL.LRScheduler)
+    for ours, theirs in ((OL.LRScheduler, TL.LRScheduler), (OL.ReduceLROnPlateau, TL.ReduceLROnPlateau)):
+        reachable = [
+            name
+            for klass in theirs.__mro__
+            if klass.__module__.startswith("torch")
+            for name, value in vars(klass).items()
+            if inspect.isfunction(value) and getattr(ours, name) is value
+        ]
+        assert reachable == [], f"torch scheduler code reachable from {ours.__name__}: {reachable}"

@@ -211,8 +211,12 @@ def _untrack_optimizer_steps(optimizer: torch.optim.Optimizer) -> None:
 # ---------------------------------------------------------------------------------------------
 # The base class
 # ---------------------------------------------------------------------------------------------
-class LRScheduler:
+class LRScheduler(torch.optim.lr_scheduler.LRScheduler):
     r"""Base class of optimkit's learning-rate schedulers (torch's ``LRScheduler`` protocol).
+
+    It derives from torch's ``LRScheduler`` only so that ``isinstance`` checks in training
+    frameworks pass; every method torch's base defines is defined here again, and none of
+    torch's scheduler code runs (``tests/test_lr_scheduler.py`` checks this).
 
     Subclasses implement :meth:`get_lr` -- the next *unscaled* learning rate of every param
     group -- and may override :meth:`step`.
@@ -792,7 +796,7 @@ class ChainedScheduler(_ChildrenStateMixin, LRScheduler):
 # ---------------------------------------------------------------------------------------------
 # ReduceLROnPlateau
 # ---------------------------------------------------------------------------------------------
-class ReduceLROnPlateau(LRScheduler):
+class ReduceLROnPlateau(LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
     """Multiply the lr by ``factor`` once a metric stops improving for ``patience`` epochs.
 
     ``step(metrics)`` takes the metric. ``min_lr`` bounds the unscaled lr (a group's
