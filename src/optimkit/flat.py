@@ -49,6 +49,11 @@ CHUNK = 1 << 19
 CHUNKED = 1 << 19
 
 _PLAIN = (Tensor, torch.nn.Parameter)
+_DTYPE, _DEVICE, _LAYOUT = (
+    operator.attrgetter("dtype"),
+    operator.attrgetter("device"),
+    operator.attrgetter("layout"),
+)
 # Only these dtypes: for them torch's CPU kernels compute every element the same way wherever
 # it sits in a tensor. For bfloat16/float16 the vectorized body and the scalar tail of a kernel
 # round differently, so moving a tensor to another offset could change its bits.
@@ -170,12 +175,13 @@ def _pack_intact(opt: Any, pack: _Pack, grads: list[Tensor]) -> bool:
     """False if a gradient is no longer dense and alike, a parameter's dtype or device
     changed, a state entry was replaced by the user, or the scalars drifted apart."""
     dtype, device = pack.param_scratch.dtype, pack.param_scratch.device
-    for p, i in zip(pack.params, pack.index):
-        g = grads[i]
-        if type(g) is not Tensor or g.layout != torch.strided or g.dtype != dtype or g.device != device:
+    # map/attrgetter keep these per-tensor checks in C: they run every step.
+    pack_grads = [grads[i] for i in pack.index]
+    for tensors in (pack_grads, pack.params):
+        if set(map(_DTYPE, tensors)) != {dtype} or set(map(_DEVICE, tensors)) != {device}:
             return False
-        if p.dtype != dtype or p.device != device:
-            return False
+    if set(map(type, pack_grads)) != {Tensor} or set(map(_LAYOUT, pack_grads)) != {torch.strided}:
+        return False
     # The state dicts and their entries must still be the ones the pack handed out.
     states = list(map(opt.state.get, pack.params))
     if not pack.views:  # no state yet (SGD without momentum, or before its first step)
@@ -278,6 +284,6 @@ def _plan(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Ten
 def _still_fits(opt: Any, layout: _Layout, params: list[Tensor], grads: list[Tensor]) -> bool:
     """The same parameters have gradients as when the layout was planned, and every pack is
     intact (its gradients dense and alike, its state not replaced, its scalars equal)."""
-    if len(params) != len(layout.params) or any(a is not b for a, b in zip(params, layout.params)):
+    if len(params) != len(layout.params) or not all(map(operator.is_, params, layout.params)):
         return False
     return all(_pack_intact(opt, pack, grads) for pack in layout.packs)
