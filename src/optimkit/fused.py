@@ -10,6 +10,7 @@ tensors reach a kernel. ``GradScaler`` unscaling inside the kernel (``grad_scale
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -17,6 +18,8 @@ import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
 __all__ = ["FusedSupport"]
+
+_DTYPE, _DEVICE = operator.attrgetter("dtype"), operator.attrgetter("device")
 
 
 def _check_fusable(p: Tensor) -> None:
@@ -44,14 +47,19 @@ class FusedSupport:
         params, grads = self._params_with_grad(group)
         if not params:
             return
-        for p, g in zip(params, grads):
-            _check_fusable(p)
-            if g.is_sparse:
-                raise RuntimeError(f"`_fused_{self._fused_kernel}` does not support sparse gradients")
+        kinds = set(zip(map(_DTYPE, params), map(_DEVICE, params)))
+        for dtype, device in kinds:  # one check per (dtype, device), not per parameter
+            _check_fusable(torch.empty(0, dtype=dtype, device=device))
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(f"`_fused_{self._fused_kernel}` does not support sparse gradients")
         states = self._states(params, group)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        grouped = self._group_tensors_by_device_and_dtype([params, grads, states])
+        if len(kinds) == 1:  # the common case: no regrouping
+            ((_, device),) = kinds
+            grouped = {(device, None): ((params, grads, states), None)}
+        else:
+            grouped = self._group_tensors_by_device_and_dtype([params, grads, states])
         for (device, _), ((d_params, d_grads, d_states), _) in grouped.items():
             scale = grad_scale.to(device) if grad_scale is not None else None
             inf = found_inf.to(device) if found_inf is not None else None
