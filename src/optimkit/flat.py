@@ -17,7 +17,7 @@ many -- so the strategy only changes how tensors are fed to the one rule:
   never re-pointed into shared storage (``safetensors`` and Hugging Face's tied-weight detection
   would see them as one tensor).
 * Everything else -- tensors off the CPU, bfloat16/float16 (see ``_DTYPES``), complex, sparse, non-contiguous,
-  tensor subclasses such as DTensor,
+  tensor subclasses (a DTensor's local shard runs here: see :mod:`optimkit.dtensor`),
   gradients of another dtype, a state entry the user replaced -- takes the per-tensor path.
 
 Scalar state (``step``, NAdam's ``mu_product``, ASGD's ``eta``/``mu``) is per parameter in
@@ -30,12 +30,15 @@ changes, and dropped by ``load_state_dict``.
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from . import dtensor
 
 __all__ = ["SMALL", "CHUNK", "step_elementwise"]
 
@@ -227,6 +230,13 @@ def _run_chunked(rule: Any, p: Tensor, g: Tensor, st: dict[str, Any], hyper: dic
         st[k] = v.view(p.shape)
 
 
+def _run_one(rule: Any, hyper: dict[str, Any], p: Tensor, g: Tensor, st: dict[str, Any]) -> None:
+    if p.numel() >= CHUNKED and _packable(p, g, st):
+        _run_chunked(rule, p, g, st, hyper)
+    else:
+        rule(p, g, st, **hyper)
+
+
 def _run_pack(opt: Any, rule: Any, pack: _Pack, grads: list[Tensor], hyper: dict[str, Any]) -> None:
     torch._foreach_copy_(pack.param_views, pack.params)
     torch._foreach_copy_(pack.grad_views, grads)
@@ -254,11 +264,12 @@ def step_elementwise(
     rest = [params[i] for i in layout.rest]
     states = opt._states(rest, group)
     for i, p, st in zip(layout.rest, rest, states):
-        g = grads[i]
-        if p.numel() >= CHUNKED and _packable(p, g, st):
-            _run_chunked(rule, p, g, st, hyper)
+        if type(p) in _PLAIN:
+            _run_one(rule, hyper, p, grads[i], st)
+        elif dtensor.is_dtensor(p):  # sharded: the same rule on the local shards
+            dtensor.step_local(functools.partial(_run_one, rule, hyper), p, grads[i], st)
         else:
-            rule(p, g, st, **hyper)
+            rule(p, grads[i], st, **hyper)
     opt._store_states(rest, states)
     for pack in layout.packs:
         _run_pack(opt, rule, pack, [grads[i] for i in pack.index], hyper)

@@ -17,6 +17,8 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
+from . import dtensor
+
 __all__ = ["FusedSupport"]
 
 _DTYPE, _DEVICE = operator.attrgetter("dtype"), operator.attrgetter("device")
@@ -47,12 +49,17 @@ class FusedSupport:
         params, grads = self._params_with_grad(group)
         if not params:
             return
+        group_params = params
         kinds = set(zip(map(_DTYPE, params), map(_DEVICE, params)))
         for dtype, device in kinds:  # one check per (dtype, device), not per parameter
             _check_fusable(torch.empty(0, dtype=dtype, device=device))
         if any(g.is_sparse for g in grads):
             raise RuntimeError(f"`_fused_{self._fused_kernel}` does not support sparse gradients")
         states = self._states(params, group)
+        sharded = dtensor.any_dtensor(params)
+        if sharded:  # torch's fused kernels have no DTensor rule for all kinds: feed local shards
+            dstates = states
+            params, grads, states = map(list, zip(*map(dtensor.to_local, params, grads, dstates)))
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if len(kinds) == 1:  # the common case: no regrouping
@@ -64,6 +71,11 @@ class FusedSupport:
             scale = grad_scale.to(device) if grad_scale is not None else None
             inf = found_inf.to(device) if found_inf is not None else None
             getattr(self, "_fused_" + self._fused_kernel)(group, d_params, d_grads, d_states, scale, inf)
+        if sharded:
+            params = group_params
+            for p, st, local_st in zip(params, dstates, states):
+                dtensor.from_local(p, st, local_st)
+            states = dstates
         self._store_states(params, states)
 
     @staticmethod

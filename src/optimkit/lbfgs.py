@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import dtensor
 from ._common import to_scalar
 from .optimizer import Optimizer
 
@@ -211,6 +212,15 @@ class LBFGS(Optimizer):
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
         self._params: list[Tensor] = self.param_groups[0]["params"]
         self._numel_cache: int | None = None
+        self._refuse_dtensor()
+
+    def _refuse_dtensor(self) -> None:
+        if dtensor.any_dtensor(self._params):
+            dtensor.refuse(
+                "LBFGS",
+                "its two-loop recursion and line search take dot products over the whole flattened "
+                "parameter vector, which a rank's shards do not hold",
+            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -301,6 +311,7 @@ class LBFGS(Optimizer):
         gradients (it is called with gradients enabled). Returns the loss before the step."""
         if len(self.param_groups) != 1:
             raise AssertionError(f"Expected exactly one param_group, but got {len(self.param_groups)}")
+        self._refuse_dtensor()
         closure = torch.enable_grad()(closure)
         group = self.param_groups[0]
         lr = to_scalar(group["lr"])

@@ -32,7 +32,7 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
-from . import flat
+from . import dtensor, flat
 
 __all__ = [
     "Optimizer",
@@ -383,11 +383,33 @@ class Optimizer(torch.optim.Optimizer):
         if self._elementwise and not group.get("differentiable"):
             flat.step_elementwise(self, group, params, grads, hyper)
             return
-        states = self._states(params, group)
         rule = type(self)._rule
+        if dtensor.any_dtensor(params) and not group.get("differentiable"):
+            self._step_gathered(group, params, grads, functools.partial(rule, **hyper))
+            return
+        states = self._states(params, group)
         for p, grad, state in zip(params, grads, states):
             rule(p, grad, state, **hyper)
         self._store_states(params, states)
+
+    def _step_gathered(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor], run: Callable
+    ) -> None:
+        """A rule that needs whole tensors, on sharded (DTensor) parameters: see :mod:`optimkit.dtensor`."""
+
+        def init(full_p: torch.Tensor, full_g: torch.Tensor) -> dict[str, Any]:
+            full_p.grad = full_g  # some rules shape their state after the gradient (Adafactor)
+            return self._init_state(full_p, group)
+
+        for p, grad in zip(params, grads):
+            state = self.state.get(p) or {}
+            if dtensor.is_dtensor(p):
+                dtensor.step_gathered(run, p, grad, state, init)
+            else:
+                state = state or self._init_state(p, group)
+                run(p, grad, state)
+            if state:
+                self.state[p] = state
 
     def _states(self, params: list[torch.Tensor], group: dict[str, Any]) -> list[dict[str, Any]]:
         """Each parameter's state, created at its first step (``_init_state``)."""
@@ -558,7 +580,8 @@ class Optimizer(torch.optim.Optimizer):
                 value.is_complex() and param.is_complex()
             )
             dtype = param.dtype if same_kind else value.dtype
-            return value.to(dtype=dtype, device=param.device, copy=True)
+            # A full (unsharded) state loaded for a sharded parameter: keep this rank's shard.
+            return dtensor.localize_loaded(value.to(dtype=dtype, device=param.device, copy=True), param)
         if isinstance(value, dict):
             return {k: self._cast_state(param, v, group, key=k) for k, v in value.items()}
         if key == "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
