@@ -35,6 +35,10 @@ type) before the first one is loaded; a mismatch raises :class:`CheckpointMismat
 listing every difference, and nothing -- RNG states included -- has changed.
 
 One process writes to a directory at a time (as with any checkpoint directory).
+
+**Distributed training** (DDP, FSDP2, ZeRO): ``Checkpointer(directory, distributed=True)``
+saves with ``torch.distributed.checkpoint`` -- every rank writes its own shards, and a job
+saved on 4 ranks restores on 2. See :mod:`optimkit.checkpoint_dist`.
 """
 
 from __future__ import annotations
@@ -238,24 +242,31 @@ class Checkpointer:
     Args:
         directory: where the checkpoints live (created if needed); one run per directory.
         keep: how many checkpoints to keep (the newest, by step); ``None`` keeps all.
+        distributed: save and restore with ``torch.distributed.checkpoint`` (one directory
+            per step, sharded; ``save``/``restore`` are then called by every rank); see
+            :mod:`optimkit.checkpoint_dist`.
 
     After :meth:`restore`, ``extra`` holds the restored ``extra`` dict and ``restored_path``
     the file it came from.
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int | None = 3) -> None:
+    def __init__(self, directory: str | os.PathLike, keep: int | None = 3, *, distributed: bool = False) -> None:
         if keep is not None and (not isinstance(keep, int) or keep < 1):
             raise ValueError(f"keep must be a positive int or None, got {keep!r}")
         self.directory = Path(directory)
         self.keep = keep
+        self.distributed = bool(distributed)
         self.extra: dict[str, Any] | None = None
         self.restored_path: Path | None = None
 
     def __repr__(self) -> str:
-        return f"Checkpointer({str(self.directory)!r}, keep={self.keep})"
+        flag = ", distributed=True" if self.distributed else ""
+        return f"Checkpointer({str(self.directory)!r}, keep={self.keep}{flag})"
 
     def checkpoints(self) -> list[Path]:
-        """The checkpoint files, oldest step first (validity is not checked)."""
+        """The checkpoint files (directories if distributed), oldest step first (validity is not checked)."""
+        if self.distributed:
+            return checkpoint_dist.checkpoints(self.directory)
         if not self.directory.is_dir():
             return []
         found = []
@@ -266,6 +277,8 @@ class Checkpointer:
         return [path for _, path in sorted(found)]
 
     def path_of(self, step: int) -> Path:
+        if self.distributed:
+            return checkpoint_dist.path_of(self.directory, step)
         return self.directory / f"step-{step:08d}.ckpt"
 
     # ------------------------------------------------------------------ save
@@ -288,6 +301,11 @@ class Checkpointer:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         if extra is not None and not isinstance(extra, dict):
             raise TypeError(f"extra must be a dict, got {type(extra).__name__}")
+        if self.distributed:
+            return checkpoint_dist.save(
+                self.directory, self.keep, step, model=model, optimizer=optimizer,
+                scheduler=scheduler, scaler=scaler, extra=extra,
+            )  # fmt: skip
         from . import __version__
 
         payload: dict[str, Any] = {
@@ -369,6 +387,12 @@ class Checkpointer:
         raises :class:`CheckpointMismatchError` and changes nothing; one whose loading would
         run code raises :class:`UnsafeCheckpointError` (it is never skipped silently).
         """
+        if self.distributed:
+            step, self.extra, self.restored_path = checkpoint_dist.restore(
+                self.directory, model=model, optimizer=optimizer, scheduler=scheduler,
+                scaler=scaler, path=path,
+            )  # fmt: skip
+            return step
         if path is not None:
             payload, path = load(path), Path(path)
         else:
@@ -537,6 +561,8 @@ def _short(value: Any) -> str:
 def describe(path: str | os.PathLike) -> str:
     """What :func:`inspect` prints, as a string."""
     path = Path(path)
+    if path.is_dir():
+        return checkpoint_dist.describe(path)
     payload = load(path)
     lines = [f"checkpoint {path} ({_size(path.stat().st_size)}, SHA-256 verified)"]
     saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(payload.get("saved_at", 0)))
@@ -592,6 +618,9 @@ def inspect(path: str | os.PathLike, *, file: TextIO | None = None) -> None:
     print(describe(path), file=file if file is not None else sys.stdout)
 
 
+from . import checkpoint_dist  # noqa: E402 - it builds on this module's file format
+
+
 # ---------------------------------------------------------------------------- CLI
 def _run_show(args: argparse.Namespace) -> int:
     try:
@@ -607,7 +636,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("ckpt", help="inspect training checkpoints")
     commands = parser.add_subparsers(dest="ckpt_command", required=True)
     show = commands.add_parser("show", help="print what a checkpoint holds")
-    show.add_argument("path", help="a checkpoint file (step-*.ckpt)")
+    show.add_argument("path", help="a checkpoint file (step-*.ckpt) or distributed checkpoint directory (step-*.dcp)")
     show.set_defaults(func=_run_show)
     return parser
 
@@ -615,7 +644,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 def cli_show(argv: list[str]) -> int:
     """``optimkit ckpt show PATH`` as a function: ``cli_show([PATH])`` returns the exit code."""
     parser = argparse.ArgumentParser(prog="optimkit ckpt show", description="print what a checkpoint holds")
-    parser.add_argument("path", help="a checkpoint file (step-*.ckpt)")
+    parser.add_argument("path", help="a checkpoint file (step-*.ckpt) or distributed checkpoint directory (step-*.dcp)")
     return _run_show(parser.parse_args(argv))
 
 
