@@ -214,11 +214,21 @@ def _check_fit(meta: dict[str, Any], path: Path, objects: dict[str, Any]) -> Non
         )
 
 
+def _reason(e: BaseException) -> str:
+    """The underlying errors of a DCP failure (one line per distinct message, not every
+    rank's traceback)."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        return "; ".join(sorted({f"{type(f).__name__}: {f}" for f in failures.values()}))
+    return f"{type(e).__name__}: {e}"
+
+
 def restore(
     directory: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any, path: Any
 ) -> tuple[int | None, dict[str, Any] | None, Path | None]:
     """Collective restore; returns (step, extra, path) -- (None, None, None) if there is none."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_state_dict
     from torch.utils._pytree import tree_map_only
 
@@ -241,12 +251,11 @@ def restore(
         copies = tree_map_only(torch.Tensor, lambda t: torch.empty_like(t), states)
         if copies:
             dcp.load(copies, storage_reader=dcp.FileSystemReader(str(chosen)))
-    except Exception as e:
+    except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
         if fresh:
             optimizer.state.clear()
         raise ck.CheckpointMismatchError(
-            f"checkpoint {chosen} (step {meta['step']}) does not fit, nothing was restored: "
-            f"{type(e).__name__}: {e}"
+            f"checkpoint {chosen} (step {meta['step']}) does not fit, nothing was restored: {_reason(e)}"
         ) from e
     rng_path = chosen / f"rng-{rank}.ckpt"
     rng = ck._prepare_rng(ck.load(rng_path)["rng"]) if rng_path.exists() else None
