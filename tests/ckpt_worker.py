@@ -236,8 +236,14 @@ def serve(data_path: str) -> None:
             print(f"exit {pid} {os.waitstatus_to_exitcode(status)}", flush=True)
             continue
         sys.stdout.flush()
+        # The child waits until "pid N" is out: both write to the same stdout, and the client
+        # expects that line first.
+        go_read, go_write = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(go_write)
+            os.read(go_read, 1)
+            os.close(go_read)
             code = 0
             try:
                 _child(command, data)
@@ -247,7 +253,10 @@ def serve(data_path: str) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+        os.close(go_read)
         print(f"pid {pid}", flush=True)
+        os.write(go_write, b"1")
+        os.close(go_write)
 
 
 if __name__ == "__main__":
