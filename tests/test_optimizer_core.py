@@ -44,14 +44,17 @@ def test_is_a_torch_optimizer_but_runs_none_of_its_base_code():
 
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_signature_and_defaults_equal_torch(name):
+    """torch's parameters, in torch's order with torch's defaults -- plus, for the
+    elementwise optimizers, optimkit's own keyword-only ``compile=False`` at the end."""
     spec = REGISTRY[name]
     if spec.torch_cls is None:
         pytest.skip("this torch has no such class")
-    ours = inspect.signature(spec.cls.__init__)
+    ours = [(p.name, p.kind, p.default) for p in inspect.signature(spec.cls.__init__).parameters.values()]
     theirs = inspect.signature(spec.torch_cls.__init__)
-    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
-        (p.name, p.kind, p.default) for p in theirs.parameters.values()
-    ]
+    if spec.cls._elementwise:
+        assert ours[-1] == ("compile", inspect.Parameter.KEYWORD_ONLY, False)
+        ours = ours[:-1]
+    assert ours == [(p.name, p.kind, p.default) for p in theirs.parameters.values()]
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

@@ -7,7 +7,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_lr, check_nonneg, differentiating, to_scalar
+from ._common import (
+    add_scaled,
+    as_real,
+    check_compile,
+    check_lr,
+    check_nonneg,
+    differentiating,
+    taken,
+    to_scalar,
+)
 from .optimizer import Optimizer, _step_tensor
 
 __all__ = ["Adadelta", "adadelta_"]
@@ -38,8 +47,8 @@ def adadelta_(
     state["step"] += 1
     if maximize:
         grad = -grad
-    if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)
+    if taken(weight_decay != 0):
+        grad = add_scaled(grad, param, weight_decay)
     square_avg, acc_delta, grad = as_real(state["square_avg"], state["acc_delta"], grad)
 
     square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
@@ -68,7 +77,7 @@ class Adadelta(Optimizer):
         eps (float): :math:`\epsilon` inside the square roots (default: 1e-6).
         weight_decay (float): L2 penalty :math:`\lambda` (default: 0).
         maximize (bool): maximize the objective.
-        foreach, capturable, differentiable: see the README's "Implementation flags".
+        foreach, capturable, differentiable, compile: see the README's "Implementation flags".
 
     State per parameter: ``step``, ``square_avg``, ``acc_delta``.
     """
@@ -90,6 +99,7 @@ class Adadelta(Optimizer):
         capturable: bool = False,
         maximize: bool = False,
         differentiable: bool = False,
+        compile: bool = False,
     ) -> None:
         check_lr(lr)
         if not 0.0 <= rho <= 1.0:
@@ -100,6 +110,7 @@ class Adadelta(Optimizer):
             lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
             capturable=capturable, foreach=foreach, differentiable=differentiable,
         )  # fmt: skip
+        self._compile = check_compile(compile, None, differentiable)
         super().__init__(params, defaults)
 
     _rule = staticmethod(adadelta_)

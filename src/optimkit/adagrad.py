@@ -7,7 +7,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_impl_flags, check_lr, check_nonneg, differentiating, to_scalar
+from ._common import (
+    add_scaled,
+    as_real,
+    check_compile,
+    check_impl_flags,
+    check_lr,
+    check_nonneg,
+    differentiating,
+    item,
+    taken,
+    to_scalar,
+)
 from .fused import FusedSupport
 from .optimizer import Optimizer, _step_tensor
 
@@ -37,13 +48,13 @@ def adagrad_(
     """
     step_t = state["step"]
     step_t += 1
-    step = step_t.item()
+    step = item(step_t)
     if maximize:
         grad = -grad
-    if weight_decay != 0:
+    if taken(weight_decay != 0):
         if grad.is_sparse:
             raise RuntimeError("weight_decay option is not compatible with sparse gradients")
-        grad = grad.add(param, alpha=weight_decay)
+        grad = add_scaled(grad, param, weight_decay)
     clr = lr / (1 + (step - 1) * lr_decay)
     state_sum = state["sum"]
     if grad.is_sparse:
@@ -71,7 +82,7 @@ class Adagrad(FusedSupport, Optimizer):
         initial_accumulator_value (float): starting value of ``sum`` (default: 0).
         eps (float): :math:`\epsilon` (default: 1e-10).
         maximize (bool): maximize the objective.
-        foreach, differentiable, fused: see the README's "Implementation flags".
+        foreach, differentiable, fused, compile: see the README's "Implementation flags".
 
     State per parameter (created at construction, as in torch): ``step``, ``sum``.
     """
@@ -93,6 +104,7 @@ class Adagrad(FusedSupport, Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        compile: bool = False,
     ) -> None:
         check_lr(lr)
         check_nonneg(lr_decay, "lr_decay value")
@@ -104,6 +116,7 @@ class Adagrad(FusedSupport, Optimizer):
             initial_accumulator_value=initial_accumulator_value, foreach=foreach,
             maximize=maximize, differentiable=differentiable, fused=fused,
         )  # fmt: skip
+        self._compile = check_compile(compile, fused, differentiable)
         super().__init__(params, defaults)
         check_impl_flags(foreach, fused, differentiable)
         # torch creates Adagrad's state eagerly for the parameters given at construction

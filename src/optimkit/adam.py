@@ -8,12 +8,16 @@ import torch
 from torch import Tensor
 
 from ._common import (
+    add_scaled,
     as_real,
     check_betas,
+    check_compile,
     check_impl_flags,
     check_lr,
     check_nonneg,
     differentiating,
+    item,
+    taken,
     to_scalar,
 )
 from .fused import FusedSupport
@@ -53,11 +57,11 @@ def adam_(
         grad = -grad
     step_t = state["step"]
     step_t += 1
-    if weight_decay != 0:
+    if taken(weight_decay != 0):
         if decoupled_weight_decay:
             param.mul_(1 - lr * weight_decay)
         else:
-            grad = grad.add(param, alpha=weight_decay)
+            grad = add_scaled(grad, param, weight_decay)
     param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq = as_real(
         param, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq")
     )
@@ -66,7 +70,7 @@ def adam_(
     exp_avg.lerp_(grad, weight1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
 
-    step = step_t.item()
+    step = item(step_t)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     step_size = lr / bias_correction1
@@ -94,7 +98,7 @@ class Adam(FusedSupport, Optimizer):
         maximize (bool): maximize the objective.
         decoupled_weight_decay (bool): decay the weights directly (AdamW) instead of adding
             :math:`\lambda\theta` to the gradient.
-        foreach, capturable, differentiable, fused: see the README's "Implementation flags".
+        foreach, capturable, differentiable, fused, compile: see the README's "Implementation flags".
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
     """
@@ -119,6 +123,7 @@ class Adam(FusedSupport, Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        compile: bool = False,
     ) -> None:
         if isinstance(lr, Tensor):
             if foreach and not capturable:
@@ -148,6 +153,7 @@ class Adam(FusedSupport, Optimizer):
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
+        self._compile = check_compile(compile, fused, differentiable)
         super().__init__(params, defaults)
         check_impl_flags(foreach, fused, differentiable)
 
@@ -193,11 +199,12 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=True,
+            decoupled_weight_decay=True, compile=compile,
         )  # fmt: skip
 
     def _normalize_group(self, group: dict[str, Any]) -> None:

@@ -7,7 +7,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_betas, check_lr, check_nonneg, differentiating, to_scalar
+from ._common import (
+    add_scaled,
+    as_real,
+    check_betas,
+    check_compile,
+    check_lr,
+    check_nonneg,
+    differentiating,
+    item,
+    taken,
+    to_scalar,
+)
 from .optimizer import Optimizer, _step_tensor
 
 __all__ = ["Adamax", "adamax_"]
@@ -39,8 +50,8 @@ def adamax_(
         grad = -grad
     step_t = state["step"]
     step_t += 1
-    if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)
+    if taken(weight_decay != 0):
+        grad = add_scaled(grad, param, weight_decay)
     param, grad, exp_avg, exp_inf = as_real(param, grad, state["exp_avg"], state["exp_inf"])
 
     exp_avg.lerp_(grad, 1 - beta1)
@@ -51,7 +62,7 @@ def adamax_(
     else:
         torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
 
-    step = step_t.item()
+    step = item(step_t)
     clr = lr / (1 - beta1**step)
     param.addcdiv_(exp_avg, exp_inf, value=-clr)
 
@@ -68,7 +79,7 @@ class Adamax(Optimizer):
         eps (float): :math:`\epsilon` added to :math:`|g|` (default: 1e-8).
         weight_decay (float): L2 penalty :math:`\lambda` (default: 0).
         maximize (bool): maximize the objective.
-        foreach, differentiable, capturable: see the README's "Implementation flags".
+        foreach, differentiable, capturable, compile: see the README's "Implementation flags".
 
     State per parameter: ``step``, ``exp_avg``, ``exp_inf``.
     """
@@ -89,6 +100,7 @@ class Adamax(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        compile: bool = False,
     ) -> None:
         check_lr(lr)
         check_nonneg(eps, "epsilon value")
@@ -98,6 +110,7 @@ class Adamax(Optimizer):
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
             maximize=maximize, differentiable=differentiable, capturable=capturable,
         )  # fmt: skip
+        self._compile = check_compile(compile, None, differentiable)
         super().__init__(params, defaults)
 
     _rule = staticmethod(adamax_)

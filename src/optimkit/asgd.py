@@ -7,7 +7,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_lr, check_nonneg, to_scalar
+from ._common import (
+    add_scaled,
+    as_real,
+    at_least,
+    check_compile,
+    check_lr,
+    check_nonneg,
+    item,
+    select,
+    taken,
+    to_scalar,
+)
 from .optimizer import Optimizer, _scalar_dtype
 
 __all__ = ["ASGD", "asgd_"]
@@ -45,23 +56,20 @@ def asgd_(
     grad, param, ax = as_real(grad, param, state["ax"])
     step_t = state["step"]
     step_t += 1
-    if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)
+    if taken(weight_decay != 0):
+        grad = add_scaled(grad, param, weight_decay)
 
-    eta_value = eta.item()
+    eta_value = item(eta)
     param.mul_(1 - lambd * eta_value)  # decay term
     param.add_(grad, alpha=-eta_value)
 
-    if mu.item() != 1:
-        ax.add_(param.sub(ax).mul_(mu))
-    else:
-        ax.copy_(param)
+    ax.copy_(select(item(mu) != 1, lambda: ax.add(param.sub(ax).mul_(mu)), lambda: param))
 
     # The new eta and mu go through a tensor of the computed (Python or lr tensor) precision
     # and are then rounded into the state's dtype, as in torch.
-    step = step_t.item()
+    step = item(step_t)
     eta.copy_(torch.as_tensor(lr / ((1 + lambd * lr * step) ** alpha)))
-    mu.copy_(torch.as_tensor(1 / max(1, step - t0)))
+    mu.copy_(torch.as_tensor(1 / at_least(1, step - t0)))
 
 
 class ASGD(Optimizer):
@@ -79,7 +87,7 @@ class ASGD(Optimizer):
         t0 (float): step at which averaging starts (default: 1e6).
         weight_decay (float): L2 penalty (default: 0).
         maximize (bool): maximize the objective.
-        foreach, differentiable, capturable: see the README's "Implementation flags".
+        foreach, differentiable, capturable, compile: see the README's "Implementation flags".
 
     State per parameter: ``step``, ``eta``, ``mu`` (scalar tensors on the parameter's
     device, in the default scalar dtype) and ``ax``.
@@ -105,6 +113,8 @@ class ASGD(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        *,
+        compile: bool = False,
     ) -> None:
         check_lr(lr)
         check_nonneg(weight_decay, "weight_decay value")
@@ -112,6 +122,7 @@ class ASGD(Optimizer):
             lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach,
             maximize=maximize, differentiable=differentiable, capturable=capturable,
         )  # fmt: skip
+        self._compile = check_compile(compile, None, differentiable)
         super().__init__(params, defaults)
 
     _rule = staticmethod(asgd_)

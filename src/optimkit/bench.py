@@ -7,7 +7,10 @@ row: milliseconds per step (median), the ratio of torch's time to optimkit's (> 
 faster), the effective bandwidth (the bytes a step must move: read the gradient, read and
 write the parameter and every state tensor) and its share of the machine's copy bandwidth,
 measured in the same run. ``--memory`` adds the peak extra resident memory of a step (Linux:
-``VmHWM`` after resetting it through ``/proc/self/clear_refs``).
+``VmHWM`` after resetting it through ``/proc/self/clear_refs``). ``--compile`` adds the mode
+``optimkit compile`` (``compile=True``, :mod:`optimkit.compiled`): its warm-up steps compile and
+are not timed; the time they took compiling is printed in the column ``compile s`` (with a
+cold or a warm compile cache, whichever this run found).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Row:
     ms: float
     gbps: float
     peak_mb: float | None
+    compile_s: float | None = None
 
 
 def _state_tensors(opt: torch.optim.Optimizer) -> int:
@@ -75,10 +79,12 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def _modes(spec: OptimizerSpec) -> list[tuple[str, type, dict[str, Any]]]:
+def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, type, dict[str, Any]]]:
     modes = [("optimkit", spec.cls, {})]
     if spec.fused:
         modes.append(("optimkit fused", spec.cls, {"fused": True}))
+    if compile and spec.cls._elementwise:
+        modes.append(("optimkit compile", spec.cls, {"compile": True}))
     modes += [
         ("torch for-loop", spec.torch_cls, {"foreach": False}),
         ("torch foreach", spec.torch_cls, {"foreach": True}),
@@ -110,19 +116,23 @@ def _time(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def bench_one(spec: OptimizerSpec, shapes: list[tuple[int, ...]], steps: int, memory: bool) -> list[Row]:
+def bench_one(
+    spec: OptimizerSpec, shapes: list[tuple[int, ...]], steps: int, memory: bool, compile: bool = False
+) -> list[Row]:
     gen = torch.Generator().manual_seed(0)
     base = [torch.randn(s, generator=gen) for s in shapes]
     grads = [torch.randn(s, generator=gen) for s in shapes]
     numel = sum(t.numel() for t in base)
     runs: dict[str, list[float]] = {}
     setups = []
-    for mode, cls, extra in _modes(spec):
+    for mode, cls, extra in _modes(spec, compile):
         params = [torch.nn.Parameter(t.clone()) for t in base]
         for p, g in zip(params, grads):
             p.grad = g
         opt = cls(params, **_kwargs(spec), **extra)
         opt.step()  # warm-up: creates the state (and optimkit's packs)
+        if extra.get("compile"):
+            opt.step()  # a rule that creates state at its first step (SGD) compiles twice
         setups.append((mode, opt))
         runs[mode] = []
     for _ in range(steps):  # interleaved, so every mode sees the same machine
@@ -137,7 +147,8 @@ def bench_one(spec: OptimizerSpec, shapes: list[tuple[int, ...]], steps: int, me
             before = _rss_kb("VmRSS:")
             opt.step()
             peak = (_rss_kb("VmHWM:") - before) / 1024
-        rows.append(Row(spec.name, "", mode, ms, nbytes / (ms / 1e3) / 1e9, peak))
+        compile_s = getattr(opt, "compile_seconds", 0.0) if mode == "optimkit compile" else None
+        rows.append(Row(spec.name, "", mode, ms, nbytes / (ms / 1e3) / 1e9, peak, compile_s))
     del setups
     gc.collect()
     return rows
@@ -150,6 +161,7 @@ def run(
     scale: float = 1.0,
     memory: bool = False,
     out: Callable[[str], None] = print,
+    compile: bool = False,
 ) -> list[Row]:
     """Run the benchmark and print a Markdown table; return its rows."""
     names = list(optimizers or [n for n, s in REGISTRY.items() if s.cls._elementwise and s.torch_cls])
@@ -160,6 +172,8 @@ def run(
     header = "| optimizer | workload | mode | ms/step | torch for-loop / this | torch foreach / this | torch fastest / this | GB/s | % of copy bw |"
     if memory:
         header += " peak extra MB |"
+    if compile:
+        header += " compile s |"
     out("")
     out(header)
     out("|" + "---|" * (header.count("|") - 1))
@@ -167,7 +181,7 @@ def run(
     for workload in workloads:
         shapes = WORKLOADS[workload](scale)
         for name in names:
-            result = bench_one(REGISTRY[name], shapes, steps, memory)
+            result = bench_one(REGISTRY[name], shapes, steps, memory, compile)
             by_mode = {r.mode: r.ms for r in result}
             fastest = min(v for k, v in by_mode.items() if k.startswith("torch"))
             for r in result:
@@ -179,6 +193,8 @@ def run(
                 )
                 if memory:
                     line += f" {r.peak_mb:.1f} |" if r.peak_mb is not None else " n/a |"
+                if compile:
+                    line += f" {r.compile_s:.1f} |" if r.compile_s is not None else " |"
                 out(line)
             rows.extend(result)
     return rows
@@ -193,11 +209,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--scale", type=float, default=1.0, help="shrink the workloads (e.g. 0.1 for a quick look)"
     )
     parser.add_argument("--memory", action="store_true", help="also measure peak extra memory of a step")
+    parser.add_argument(
+        "--compile", action="store_true", help="add the mode compile=True (reports its compile time)"
+    )
     parser.set_defaults(func=main)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     split = lambda s: s.split(",") if s else None  # noqa: E731
-    run(split(args.optimizers), split(args.workloads), args.steps, args.scale, args.memory)
+    run(
+        split(args.optimizers), split(args.workloads), args.steps, args.scale, args.memory,
+        compile=args.compile,
+    )  # fmt: skip
     return 0

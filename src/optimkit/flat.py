@@ -230,8 +230,10 @@ def _run_chunked(rule: Any, p: Tensor, g: Tensor, st: dict[str, Any], hyper: dic
         st[k] = v.view(p.shape)
 
 
-def _run_one(rule: Any, hyper: dict[str, Any], p: Tensor, g: Tensor, st: dict[str, Any]) -> None:
-    if p.numel() >= CHUNKED and _packable(p, g, st):
+def _run_one(
+    rule: Any, hyper: dict[str, Any], p: Tensor, g: Tensor, st: dict[str, Any], chunked: bool = True
+) -> None:
+    if chunked and p.numel() >= CHUNKED and _packable(p, g, st):
         _run_chunked(rule, p, g, st, hyper)
     else:
         rule(p, g, st, **hyper)
@@ -253,10 +255,15 @@ def _run_pack(opt: Any, rule: Any, pack: _Pack, grads: list[Tensor], hyper: dict
 
 
 def step_elementwise(
-    opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], hyper: dict[str, Any]
-) -> None:
-    """One step of ``group`` with ``opt``'s elementwise rule (see the module docstring)."""
-    rule = type(opt)._rule
+    opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], hyper: dict[str, Any],
+    rule: Any = None, chunked: bool = True,
+) -> None:  # fmt: skip
+    """One step of ``group`` with ``opt``'s elementwise rule (see the module docstring).
+
+    ``rule`` replaces the rule (``compile=True`` passes the compiled one, see
+    :mod:`optimkit.compiled`); ``chunked=False`` feeds big tensors whole.
+    """
+    rule = rule or type(opt)._rule
     layouts = opt.__dict__.setdefault("_flat_layouts", {})
     layout = layouts.get(id(group))
     if layout is None or not _still_fits(opt, layout, params, grads):
@@ -265,9 +272,9 @@ def step_elementwise(
     states = opt._states(rest, group)
     for i, p, st in zip(layout.rest, rest, states):
         if type(p) in _PLAIN:
-            _run_one(rule, hyper, p, grads[i], st)
+            _run_one(rule, hyper, p, grads[i], st, chunked)
         elif dtensor.is_dtensor(p):  # sharded: the same rule on the local shards
-            dtensor.step_local(functools.partial(_run_one, rule, hyper), p, grads[i], st)
+            dtensor.step_local(functools.partial(_run_one, rule, hyper, chunked=chunked), p, grads[i], st)
         else:
             rule(p, grads[i], st, **hyper)
     opt._store_states(rest, states)

@@ -7,7 +7,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_betas, check_lr, check_nonneg, differentiating, to_scalar
+from ._common import (
+    add_scaled,
+    as_real,
+    check_betas,
+    check_compile,
+    check_lr,
+    check_nonneg,
+    differentiating,
+    item,
+    taken,
+    to_scalar,
+)
 from .optimizer import Optimizer, _scalar_dtype, _step_tensor
 
 __all__ = ["NAdam", "nadam_"]
@@ -51,14 +62,14 @@ def nadam_(
     mu_product = state["mu_product"]
     step_t = state["step"]
     step_t += 1
-    step = step_t.item()
+    step = item(step_t)
 
     bias_correction2 = 1 - beta2**step
-    if weight_decay != 0:
+    if taken(weight_decay != 0):
         if decoupled_weight_decay:
             param.mul_(1 - lr * weight_decay)
         else:
-            grad = grad.add(param, alpha=weight_decay)
+            grad = add_scaled(grad, param, weight_decay)
 
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
@@ -68,7 +79,7 @@ def nadam_(
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denom = exp_avg_sq.div(bias_correction2).sqrt()
 
-    mu_product_value = mu_product.item()
+    mu_product_value = item(mu_product)
     mu_product_next = mu_product_value * mu_next
     # sqrt saved its output for backward: a differentiable step must not overwrite it.
     denom = denom.add(eps) if differentiating() else denom.add_(eps)
@@ -95,7 +106,7 @@ class NAdam(Optimizer):
         momentum_decay (float): :math:`\psi` of the momentum schedule (default: 4e-3).
         decoupled_weight_decay (bool): decay the weights directly (default: False).
         maximize (bool): maximize the objective.
-        foreach, capturable, differentiable: see the README's "Implementation flags".
+        foreach, capturable, differentiable, compile: see the README's "Implementation flags".
 
     State per parameter: ``step``, ``mu_product`` (scalar tensors, on the CPU),
     ``exp_avg``, ``exp_avg_sq``.
@@ -123,6 +134,7 @@ class NAdam(Optimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        compile: bool = False,
     ) -> None:
         check_lr(lr)
         check_nonneg(eps, "epsilon value")
@@ -134,6 +146,7 @@ class NAdam(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach,
             capturable=capturable, differentiable=differentiable,
         )  # fmt: skip
+        self._compile = check_compile(compile, None, differentiable)
         super().__init__(params, defaults)
 
     _rule = staticmethod(nadam_)

@@ -32,7 +32,7 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
-from . import dtensor, flat
+from . import compiled, dtensor, flat
 
 __all__ = [
     "Optimizer",
@@ -175,6 +175,7 @@ class Optimizer(torch.optim.Optimizer):
             "state": self.state,
             "param_groups": self.param_groups,
             "_step_count": self._step_count,
+            **({"_compile": True} if getattr(self, "_compile", False) else {}),
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -381,6 +382,9 @@ class Optimizer(torch.optim.Optimizer):
         self._check_group(group, params)
         hyper = self._hyper(group)
         if self._elementwise and not group.get("differentiable"):
+            if getattr(self, "_compile", False):  # compile=True: the same rule, compiled
+                compiled.step_compiled(self, group, params, grads, hyper)
+                return
             flat.step_elementwise(self, group, params, grads, hyper)
             return
         rule = type(self)._rule

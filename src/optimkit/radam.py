@@ -7,7 +7,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_betas, check_lr, check_nonneg, differentiating, to_scalar
+from ._common import (
+    add_scaled,
+    as_real,
+    check_betas,
+    check_compile,
+    check_lr,
+    check_nonneg,
+    differentiating,
+    item,
+    select,
+    taken,
+    to_scalar,
+)
 from .optimizer import Optimizer, _step_tensor
 
 __all__ = ["RAdam", "radam_"]
@@ -47,13 +59,13 @@ def radam_(
     param, grad, exp_avg, exp_avg_sq = as_real(param, grad, state["exp_avg"], state["exp_avg_sq"])
     step_t = state["step"]
     step_t += 1
-    step = step_t.item()
+    step = item(step_t)
 
-    if weight_decay != 0:
+    if taken(weight_decay != 0):
         if decoupled_weight_decay:
             param.mul_(1 - lr * weight_decay)
         else:
-            grad = grad.add(param, alpha=weight_decay)
+            grad = add_scaled(grad, param, weight_decay)
 
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -66,16 +78,17 @@ def radam_(
     rho_inf = 2 / (1 - beta2) - 1
     rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
 
-    if rho_t > 5.0:
+    def rectified() -> Tensor:
         # The variance is tractable: adaptive step, rectified. torch's operand order.
         exp_avg_sq_sqrt = exp_avg_sq.sqrt()
         # sqrt saved its output for backward: a differentiable step must not overwrite it.
         exp_avg_sq_sqrt = exp_avg_sq_sqrt.add(eps) if differentiating() else exp_avg_sq_sqrt.add_(eps)
         adaptive_lr = (bias_correction2**0.5) / exp_avg_sq_sqrt
         rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
-        param.add_(bias_corrected_exp_avg * lr * adaptive_lr * rect, alpha=-1.0)
-    else:
-        param.add_(bias_corrected_exp_avg * lr, alpha=-1.0)
+        return bias_corrected_exp_avg * lr * adaptive_lr * rect
+
+    # Rectified while the variance is tractable (rho_t > 5); before, momentum SGD.
+    param.add_(select(rho_t > 5.0, rectified, lambda: bias_corrected_exp_avg * lr), alpha=-1.0)
 
 
 class RAdam(Optimizer):
@@ -92,7 +105,7 @@ class RAdam(Optimizer):
         weight_decay (float): :math:`\lambda` (default: 0).
         decoupled_weight_decay (bool): decay the weights directly (default: False).
         maximize (bool): maximize the objective.
-        foreach, capturable, differentiable: see the README's "Implementation flags".
+        foreach, capturable, differentiable, compile: see the README's "Implementation flags".
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``.
     """
@@ -114,6 +127,7 @@ class RAdam(Optimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        compile: bool = False,
     ) -> None:
         check_lr(lr)
         check_nonneg(eps, "epsilon value")
@@ -124,6 +138,7 @@ class RAdam(Optimizer):
             foreach=foreach, capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
             differentiable=differentiable,
         )  # fmt: skip
+        self._compile = check_compile(compile, None, differentiable)
         super().__init__(params, defaults)
 
     _rule = staticmethod(radam_)

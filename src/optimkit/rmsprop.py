@@ -7,7 +7,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_lr, check_nonneg, differentiating, to_scalar
+from ._common import (
+    add_scaled,
+    as_real,
+    check_compile,
+    check_lr,
+    check_nonneg,
+    differentiating,
+    taken,
+    to_scalar,
+)
 from .optimizer import Optimizer, _step_tensor
 
 __all__ = ["RMSprop", "rmsprop_"]
@@ -43,8 +52,8 @@ def rmsprop_(
     if maximize:
         grad = -grad
     state["step"] += 1
-    if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)
+    if taken(weight_decay != 0):
+        grad = add_scaled(grad, param, weight_decay)
     param, grad, square_avg = as_real(param, grad, state["square_avg"])
 
     square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
@@ -57,7 +66,7 @@ def rmsprop_(
     # sqrt saved its output for backward: a differentiable step must not overwrite it.
     avg = avg.add(eps) if differentiating() else avg.add_(eps)
 
-    if momentum > 0:
+    if taken(momentum > 0):
         (buf,) = as_real(state["momentum_buffer"])
         buf.mul_(momentum).addcdiv_(grad, avg)
         param.add_(buf, alpha=-lr)
@@ -81,7 +90,7 @@ class RMSprop(Optimizer):
         momentum (float): momentum factor :math:`\mu` (default: 0).
         centered (bool): normalize by an estimate of the gradient's variance.
         maximize (bool): maximize the objective.
-        capturable, foreach, differentiable: see the README's "Implementation flags".
+        capturable, foreach, differentiable, compile: see the README's "Implementation flags".
 
     State per parameter: ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0),
     ``grad_avg`` (centered).
@@ -104,6 +113,8 @@ class RMSprop(Optimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        *,
+        compile: bool = False,
     ) -> None:
         check_lr(lr)
         check_nonneg(eps, "epsilon value")
@@ -115,6 +126,7 @@ class RMSprop(Optimizer):
             weight_decay=weight_decay, capturable=capturable, foreach=foreach,
             maximize=maximize, differentiable=differentiable,
         )  # fmt: skip
+        self._compile = check_compile(compile, None, differentiable)
         super().__init__(params, defaults)
 
     _rule = staticmethod(rmsprop_)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_lr, differentiating, to_scalar
+from ._common import as_real, check_compile, check_lr, differentiating, to_scalar
 from .optimizer import Optimizer, _step_tensor
 
 __all__ = ["Rprop", "rprop_"]
@@ -74,7 +74,7 @@ class Rprop(Optimizer):
         step_sizes (tuple of floats): :math:`(\Gamma_{min}, \Gamma_{max})`, the bounds of
             the step sizes (default: (1e-6, 50)).
         maximize (bool): maximize the objective.
-        capturable, foreach, differentiable: see the README's "Implementation flags".
+        capturable, foreach, differentiable, compile: see the README's "Implementation flags".
 
     State per parameter: ``step``, ``prev``, ``step_size``.
     """
@@ -94,6 +94,7 @@ class Rprop(Optimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        compile: bool = False,
     ) -> None:
         check_lr(lr)
         if not 0.0 < etas[0] < 1.0 < etas[1]:
@@ -102,6 +103,7 @@ class Rprop(Optimizer):
             lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize,
             differentiable=differentiable, capturable=capturable,
         )  # fmt: skip
+        self._compile = check_compile(compile, None, differentiable)
         super().__init__(params, defaults)
 
     _rule = staticmethod(rprop_)

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ._common import check_impl_flags, check_lr, check_nonneg, to_scalar
+from ._common import add_scaled, check_compile, check_impl_flags, check_lr, check_nonneg, taken, to_scalar
 from .fused import FusedSupport
 from .optimizer import Optimizer
 
@@ -37,19 +37,19 @@ def sgd_(
     """
     if maximize:
         grad = -grad
-    if weight_decay != 0:
+    if taken(weight_decay != 0):
         if isinstance(weight_decay, Tensor) and weight_decay.requires_grad:
             grad = grad.addcmul_(param.clone(), weight_decay)
         else:
-            grad = grad.add(param, alpha=weight_decay)
-    if momentum != 0:
+            grad = add_scaled(grad, param, weight_decay)
+    if taken(momentum != 0):
         buf = state.get("momentum_buffer")
         if buf is None:
             # torch's convention: the buffer starts as the gradient, undampened.
             buf = state["momentum_buffer"] = grad.detach().clone()
         else:
             buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-        grad = grad.add(buf, alpha=momentum) if nesterov else buf
+        grad = add_scaled(grad, buf, momentum) if nesterov else buf
     if isinstance(lr, Tensor) and lr.requires_grad:
         param.addcmul_(grad, lr, value=-1)
     else:
@@ -67,7 +67,7 @@ class SGD(FusedSupport, Optimizer):
         weight_decay (float): L2 penalty :math:`\lambda` (default: 0).
         nesterov (bool): Nesterov momentum, Sutskever et al. 2013 (default: False).
         maximize (bool): maximize the objective (default: False).
-        foreach, differentiable, fused: see the README's "Implementation flags".
+        foreach, differentiable, fused, compile: see the README's "Implementation flags".
 
     State per parameter: ``momentum_buffer`` (only with momentum).
     """
@@ -89,6 +89,7 @@ class SGD(FusedSupport, Optimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        compile: bool = False,
     ) -> None:
         check_lr(lr)
         check_nonneg(momentum, "momentum value")
@@ -101,6 +102,7 @@ class SGD(FusedSupport, Optimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_impl_flags(foreach, fused, differentiable)
+        self._compile = check_compile(compile, fused, differentiable)
         super().__init__(params, defaults)
 
     _rule = staticmethod(sgd_)
