@@ -118,16 +118,17 @@ def _entry(
         result = fn(rank, world_size, *args)
         torch.save(result, out_dir / f"rank{rank}.tmp")
         os.replace(out_dir / f"rank{rank}.tmp", out_dir / f"rank{rank}.pt")
+        dist.barrier()  # nobody closes its connections while another rank still reads from them
     except BaseException:
         log.write(traceback.format_exc())
         code = 1
     finally:
         log.flush()
-    if code == 0 and dist.is_initialized():
-        dist.destroy_process_group()
     faulthandler.cancel_dump_traceback_later()
     log.close()
-    # Skip interpreter teardown (atexit handlers, gloo threads): the result is on disk.
+    # No destroy_process_group and no interpreter teardown: the result is on disk, and
+    # tearing gloo down can deadlock in torch 2.13 (a process group destroyed while the GIL
+    # is held joins gloo's worker threads, which may be waiting for the GIL).
     os._exit(code)
 
 
@@ -156,11 +157,11 @@ def run_group(
             )
             for rank in range(world_size)
         ]
-        deadline = time.monotonic() + timeout + GRACE
         timed_out = False
         try:
             for p in procs:
-                p.start()
+                p.start()  # returns once the server has forked the rank (the first call starts the server)
+            deadline = time.monotonic() + timeout + GRACE  # the ranks' own timers started just now
             failed_at = None
             while any(p.is_alive() for p in procs):
                 now = time.monotonic()
