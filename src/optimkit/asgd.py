@@ -95,6 +95,7 @@ class ASGD(Optimizer):
 
     _param_shaped_state = ("ax",)
     _elementwise = True
+    _chunk_big = False  # one small temporary; measured faster whole
     _capturable_tensors = "params, mus, etas, and state_steps"
     # torch casts eta and mu to a float64 parameter's dtype on load, so a resumed torch run
     # drifts from an uninterrupted one; keeping the saved dtype resumes exactly.

@@ -256,14 +256,17 @@ def _run_pack(opt: Any, rule: Any, pack: _Pack, grads: list[Tensor], hyper: dict
 
 def step_elementwise(
     opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], hyper: dict[str, Any],
-    rule: Any = None, chunked: bool = True,
+    rule: Any = None, chunked: bool | None = None,
 ) -> None:  # fmt: skip
     """One step of ``group`` with ``opt``'s elementwise rule (see the module docstring).
 
     ``rule`` replaces the rule (``compile=True`` passes the compiled one, see
-    :mod:`optimkit.compiled`); ``chunked=False`` feeds big tensors whole.
+    :mod:`optimkit.compiled`); ``chunked=False`` feeds big tensors whole (default: the
+    optimizer's ``_chunk_big``).
     """
     rule = rule or type(opt)._rule
+    if chunked is None:
+        chunked = type(opt)._chunk_big
     layouts = opt.__dict__.setdefault("_flat_layouts", {})
     layout = layouts.get(id(group))
     if layout is None or not _still_fits(opt, layout, params, grads):

@@ -129,6 +129,10 @@ class Optimizer(torch.optim.Optimizer):
     #: The rule is elementwise (each output element depends only on the same element of its
     #: inputs, plus scalars): it may then run on chunks of a tensor or on packs of tensors.
     _elementwise: bool = False
+    #: Feed big tensors to the elementwise rule in chunks (see :mod:`optimkit.flat`). Pays off
+    #: when the rule makes full-size temporaries (Adam's ``sqrt``: 2x faster on GPT-2 shapes);
+    #: rules that make none or one (SGD, ASGD) are faster whole (measured: 15 vs 19 ms, 38 vs 49 ms).
+    _chunk_big: bool = True
     #: Error raised when a group holds a sparse gradient and the rule cannot take it.
     _sparse_error: str | None = None
 

@@ -74,6 +74,7 @@ class SGD(FusedSupport, Optimizer):
 
     _param_shaped_state = ("momentum_buffer",)
     _elementwise = True
+    _chunk_big = False  # no temporaries to keep in cache: chunks would only add calls
     _fused_kernel = "sgd"
 
     def __init__(
