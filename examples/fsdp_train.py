@@ -17,10 +17,12 @@ of its own shard. The optimizer then updates only that shard:
 * LBFGS (whole flattened model) and SparseAdam (sparse gradients, which FSDP cannot
   reduce) are not offered here: train them with examples/ddp_train.py.
 
-Checkpoints use ``torch.distributed.checkpoint``: every process writes its own shards, in
-parallel, to ``--ckpt-dir/step_N``; ``get_optimizer_state_dict`` names the state by
-parameter (``"net.0.weight"``), so a checkpoint written by 4 processes loads into 2 (or 1),
-each taking the slices it now owns. ``--resume`` continues from the newest complete one.
+Checkpoints: ``optimkit.Checkpointer(dir, distributed=True)``, built on
+``torch.distributed.checkpoint``: every process writes its own shards, in parallel, to
+``--ckpt-dir/step-N.dcp``; the optimizer state is named by parameter (``"net.0.weight"``), so
+a checkpoint written by 4 processes loads into 2 (or 1), each taking the slices it now owns.
+A checkpoint appears under its final name only once complete (a crash mid-save leaves the
+previous ones), the newest 3 are kept, and ``--resume`` continues from the newest.
 """
 
 from __future__ import annotations
@@ -32,15 +34,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -73,12 +68,6 @@ def digits() -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(x[:1500], y[:1500]), TensorDataset(x[1500:], y[1500:])
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint: DCP writes ``.metadata`` last, after every shard."""
-    done = [d for d in ckpt_dir.glob("step_*") if (d / ".metadata").exists()]
-    return max(done, key=lambda d: int(d.name.split("_")[1]), default=None)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", choices=FSDP_OPTIMIZERS, default="adamw")
@@ -86,7 +75,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="total optimizer steps (also when resuming)")
     parser.add_argument("--batch-size", type=int, default=64, help="global batch, split over the processes")
     parser.add_argument("--log-every", type=int, default=25)
-    parser.add_argument("--ckpt-dir", type=Path, help="write checkpoints here (step_N/)")
+    parser.add_argument("--ckpt-dir", type=Path, help="write checkpoints here (step-N.dcp/)")
     parser.add_argument(
         "--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)"
     )
@@ -107,7 +96,9 @@ def main() -> None:
         torch.cuda.set_device(device)
     if args.batch_size % dist.get_world_size():
         parser.error(f"--batch-size {args.batch_size} does not split over {dist.get_world_size()} processes")
-    if args.resume and (args.ckpt_dir is None or latest_checkpoint(args.ckpt_dir) is None):
+    if args.resume and (
+        args.ckpt_dir is None or not optimkit.Checkpointer(args.ckpt_dir, distributed=True).checkpoints()
+    ):
         parser.error(f"--resume: no complete checkpoint in {args.ckpt_dir}")
     try:
         train(args, device)
@@ -132,29 +123,16 @@ def train(args: argparse.Namespace, device: torch.device) -> None:
     optimizer = optimkit.create_optimizer(args.optimizer, model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
 
-    def state() -> dict:
-        """What a checkpoint holds; when loading, also the templates DCP loads into (in
-        this run's sharding)."""
-        return {
-            "model": get_model_state_dict(model),
-            "optim": get_optimizer_state_dict(model, optimizer),
-            "train": {"step": step, "scheduler": scheduler.state_dict()},
-        }
-
+    # Every process calls save/restore (they are collective); model and optimizer state go
+    # through torch.distributed.checkpoint, sharded; scheduler, step and RNGs alongside.
+    ckpt = optimkit.Checkpointer(args.ckpt_dir, keep=3, distributed=True) if args.ckpt_dir else None
     step = 0
     if args.resume:
-        found = latest_checkpoint(args.ckpt_dir)
-        loaded = state()
-        dcp.load(loaded, storage_reader=dcp.FileSystemReader(found))
-        set_model_state_dict(model, loaded["model"])
-        set_optimizer_state_dict(model, optimizer, loaded["optim"])
-        scheduler.load_state_dict(loaded["train"]["scheduler"])
-        step = loaded["train"]["step"]
-        log(f"resumed from step {step} ({found})", flush=True)
+        step = ckpt.restore(model=model, optimizer=optimizer, scheduler=scheduler)
+        log(f"resumed from step {step} ({ckpt.restored_path})", flush=True)
 
     def save() -> None:
-        path = args.ckpt_dir / f"step_{step}"
-        dcp.save(state(), storage_writer=dcp.FileSystemWriter(path))
+        path = ckpt.save(step, model=model, optimizer=optimizer, scheduler=scheduler)
         log(f"saved {path}", flush=True)
 
     train_set, test_set = digits()
