@@ -29,10 +29,12 @@ of one extra model + optimizer state per rank during ``restore``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,15 @@ def _broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@contextlib.contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """Without a process group DCP works in one process, as asked, and warns each time that it
+    assumes so: the warning says nothing to a user who chose ``distributed=True`` there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed is .*assuming the intent")
+        yield
 
 
 def path_of(directory: Path, step: int) -> Path:
@@ -143,7 +154,8 @@ def save(
         tmp.mkdir()
     _barrier()
     if states:
-        dcp.save(states, storage_writer=dcp.FileSystemWriter(str(tmp), sync_files=True))
+        with _quiet_single_process():
+            dcp.save(states, storage_writer=dcp.FileSystemWriter(str(tmp), sync_files=True))
     _write(tmp / f"rng-{rank}.ckpt", _payload(step, rng=ck._rng_state()))
     if rank == 0:
         meta = _payload(
@@ -250,7 +262,8 @@ def restore(
         # Load into copies: a failed load (a missing key, another shape) changes nothing.
         copies = tree_map_only(torch.Tensor, lambda t: torch.empty_like(t), states)
         if copies:
-            dcp.load(copies, storage_reader=dcp.FileSystemReader(str(chosen)))
+            with _quiet_single_process():
+                dcp.load(copies, storage_reader=dcp.FileSystemReader(str(chosen)))
     except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
         if fresh:
             optimizer.state.clear()
