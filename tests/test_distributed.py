@@ -427,6 +427,41 @@ def test_fsdp2_sparseadam_is_refused_clearly(fsdp_results):
     print(f"FSDP2 sparseadam: refused: {message}")
 
 
+#: HSDP: FSDP2 on a 2-D mesh (replicate across "nodes", shard within one), the layout for
+#: several machines. Parameters are DTensors with placements (Replicate(), Shard(0)).
+HSDP_CASES = [("adamw", 0), ("rprop", 0), ("muon", 0), ("adafactor", 0)]
+
+
+def _hsdp_case(rank: int, world: int, name: str, config: int) -> dict[str, Any]:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
+    model = _shard(make_model(name), mesh=mesh)
+    opt = REGISTRY[name].cls(model.parameters(), **clone_kwargs(REGISTRY[name].configs[config]))
+    train(model, opt, name, STEPS, rank=rank, world=world)
+    return {"params": full(list(model.parameters())), "state": full(opt.state_dict()), "layout": _layout_report(opt)}
+
+
+def hsdp_worker(rank: int, world: int, cases: list[tuple[str, int]]) -> dict[Any, Any]:
+    return {case: _guard(_hsdp_case, rank, world, *case) for case in cases}
+
+
+@pytest.fixture(scope="module")
+def hsdp_results() -> list[dict[Any, Any]]:
+    return run_group(hsdp_worker, 4, HSDP_CASES, timeout=90)
+
+
+@pytest.mark.parametrize("name,config", [pytest.param(*c, id=f"{c[0]}-{c[1]}") for c in HSDP_CASES])
+def test_hsdp_two_dimensional_mesh_matches_one_process(hsdp_results, name, config):
+    """FSDP2 on a 2x2 mesh (Replicate, Shard): local-shard rules and gathered rules alike give
+    the one-process result on every rank, with state laid out like the parameters."""
+    for rank, ranks in enumerate(hsdp_results):
+        result = ranks[(name, config)]
+        assert_matches(result, reference(name, config), name, f"HSDP {name}-{config} rank {rank}")
+        if REGISTRY[name].elementwise:
+            assert not result["layout"], result["layout"]
+
+
 # ---------------------------------------------------------------------------- 3. ZeRO-1
 ZERO_WORLD = 2
 #: LBFGS cannot run under ZeRO: each rank's LBFGS steps only its own parameters, and its
