@@ -73,7 +73,10 @@ def shard_like(full: Tensor, p: Any) -> Any:
         from torch.distributed.tensor import distribute_tensor
     except ImportError:  # torch 2.4
         from torch.distributed._tensor import distribute_tensor
-    return distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
+    try:
+        return distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
+    except TypeError:  # torch < 2.6: no src_data_rank; rank 0 scatters the same values
+        return distribute_tensor(full, p.device_mesh, p.placements)
 
 
 def _wrap(local: Tensor, p: Any) -> Any:
