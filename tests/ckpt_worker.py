@@ -255,7 +255,10 @@ def serve(data_path: str) -> None:
             os._exit(code)
         os.close(go_read)
         print(f"pid {pid}", flush=True)
-        os.write(go_write, b"1")
+        try:
+            os.write(go_write, b"1")
+        except BrokenPipeError:  # the client killed the child as soon as it had its pid
+            pass
         os.close(go_write)
 
 
