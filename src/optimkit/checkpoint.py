@@ -220,6 +220,18 @@ def _set_rng(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- the checkpointer
+def _header(step: int) -> dict[str, Any]:
+    """The fields every checkpoint file starts with (``load`` checks ``format`` and ``step``)."""
+    from . import __version__
+
+    return {
+        "format": _FORMAT,
+        "step": step,
+        "saved_at": time.time(),
+        "versions": {"torch": str(torch.__version__), "optimkit": __version__},
+    }
+
+
 def _class_name(obj: Any) -> dict[str, str]:
     return {"class": type(obj).__qualname__, "module": type(obj).__module__}
 
@@ -306,13 +318,8 @@ class Checkpointer:
                 self.directory, self.keep, step, model=model, optimizer=optimizer,
                 scheduler=scheduler, scaler=scaler, extra=extra,
             )  # fmt: skip
-        from . import __version__
-
         payload: dict[str, Any] = {
-            "format": _FORMAT,
-            "step": step,
-            "saved_at": time.time(),
-            "versions": {"torch": str(torch.__version__), "optimkit": __version__},
+            **_header(step),
             "model": None if model is None else model.state_dict(),
             "optimizer": None,
             "scheduler": None,
@@ -558,6 +565,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _describe_objects(payload: dict[str, Any]) -> list[str]:
+    """The scheduler and scaler lines of :func:`describe` (shared with the distributed format)."""
+    lines = []
+    for key in ("scheduler", "scaler"):
+        entry = payload.get(key)
+        if entry:
+            fields = ", ".join(
+                f"{k}={_short(v)}" for k, v in entry["state_dict"].items() if not k.startswith("__")
+            )
+            lines.append(f"{key}: {entry['module']}.{entry['class']}: {fields}")
+    return lines
+
+
 def describe(path: str | os.PathLike) -> str:
     """What :func:`inspect` prints, as a string."""
     path = Path(path)
@@ -593,13 +613,7 @@ def describe(path: str | os.PathLike) -> str:
             )
             lines.append(f"  group {i}: {len(group.get('params', []))} params; {hyper}")
 
-    for key in ("scheduler", "scaler"):
-        entry = payload.get(key)
-        if entry is not None:
-            fields = ", ".join(
-                f"{k}={_short(v)}" for k, v in entry["state_dict"].items() if not k.startswith("__")
-            )
-            lines.append(f"{key}: {entry['module']}.{entry['class']}: {fields}")
+    lines += _describe_objects(payload)
 
     rng = payload.get("rng", {})
     names = [k for k in ("python", "numpy", "torch") if k in rng]

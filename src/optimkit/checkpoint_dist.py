@@ -113,15 +113,7 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _payload(step: int, **fields: Any) -> dict[str, Any]:
-    from . import __version__
-
-    return {
-        "format": ck._FORMAT,
-        "step": step,
-        "saved_at": time.time(),
-        "versions": {"torch": str(torch.__version__), "optimkit": __version__},
-        **fields,
-    }
+    return {**ck._header(step), **fields}
 
 
 def _states(model: Any, optimizer: Any) -> dict[str, Any]:
@@ -314,13 +306,7 @@ def describe(path: Path) -> str:
                 lines.append(f"{prefix}: {len(keys)} entries, {numel:,} elements (global shapes)")
     if meta.get("optimizer"):
         lines.append(f"optimizer class: {meta['optimizer']['module']}.{meta['optimizer']['class']}")
-    for key in ("scheduler", "scaler"):
-        entry = meta.get(key)
-        if entry:
-            fields = ", ".join(
-                f"{k}={ck._short(v)}" for k, v in entry["state_dict"].items() if not k.startswith("__")
-            )
-            lines.append(f"{key}: {entry['module']}.{entry['class']}: {fields}")
+    lines += ck._describe_objects(meta)
     ranks = sorted(int(f.name[4:-5]) for f in path.glob("rng-*.ckpt"))
     lines.append(f"rng: per rank, ranks {ranks}")
     extra = meta.get("extra")
