@@ -17,7 +17,7 @@ import torch
 from sklearn.datasets import load_digits
 
 import optimkit
-from optimkit.lr_finder import find_lr
+from optimkit.schedule.lr_finder import find_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -381,7 +381,7 @@ def test_inspect_prints_what_the_checkpoint_holds(saved, capsys):
         "SHA-256 verified",
         "model: 4 tensors, 23 elements, 92 B",
         "0.weight: (3, 4) float32",
-        "optimizer: optimkit.adam.Adam, 1 group(s), state for 4 parameter(s)",
+        "optimizer: optimkit.optimizers.adam.Adam, 1 group(s), state for 4 parameter(s)",
         "group 0: 4 params; lr=0.001, betas=(0.9, 0.999)",
         "scheduler: torch.optim.lr_scheduler.StepLR: step_size=2",
         "rng: python, numpy, torch",

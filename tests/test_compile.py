@@ -17,7 +17,8 @@ import torch
 
 import optimkit
 from harness import assert_same, grad_like, skip_pattern
-from optimkit import compiled, flat
+from optimkit.execution import compiled
+from optimkit.execution import packed as flat
 from optimkit.registry import REGISTRY
 
 pytestmark = pytest.mark.usefixtures("one_thread", "strict_dynamo")

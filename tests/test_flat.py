@@ -1,4 +1,4 @@
-"""The packed/chunked execution strategy (optimkit.flat) against torch.optim's for-loop.
+"""The packed/chunked execution strategy (optimkit.execution.packed) against torch.optim's for-loop.
 
 The exactness table already runs every config through the default path; here the sizes are
 chosen to cross chunk and pack boundaries (with ``SMALL``/``CHUNK`` shrunk so that the test
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness import assert_same, clone_kwargs
-from optimkit import flat
+from optimkit.execution import packed as flat
 from optimkit.registry import REGISTRY
 
 ELEMENTWISE = [spec for spec in REGISTRY.values() if spec.cls._elementwise]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import optimkit
-from optimkit.lr_finder import LRFinderResult, find_lr, steepest_index, valley_index
+from optimkit.schedule.lr_finder import LRFinderResult, find_lr, steepest_index, valley_index
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 

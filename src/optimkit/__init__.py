@@ -4,48 +4,31 @@
 defaults, state-dict format and -- on the default path -- the same numbers, bit for bit.
 """
 
-from . import lr_scheduler, schedules, swa_utils
-from .adadelta import Adadelta
-from .adafactor import Adafactor
-from .adagrad import Adagrad
-from .adam import Adam, AdamW
-from .adamax import Adamax
-from .asgd import ASGD
+import sys
+
 from .checkpoint import Checkpointer
-from .lbfgs import LBFGS
-from .lr_finder import LRFinderResult, find_lr
-from .muon import Muon
-from .nadam import NAdam
 from .optimizer import (
     Optimizer,
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
     required,
 )
-from .radam import RAdam
+from .optimizers import *  # noqa: F403 - every optimizer, listed once in optimizers/__init__.py
+from .optimizers import __all__ as _optimizers
 from .registry import create_optimizer
-from .rmsprop import RMSprop
-from .rprop import Rprop
-from .sgd import SGD
-from .sparse_adam import SparseAdam
+from .schedule import lr_scheduler, schedules, swa_utils
+from .schedule.lr_finder import LRFinderResult, find_lr
+
+# torch has ``torch.optim.lr_scheduler`` and ``torch.optim.swa_utils``: ``import
+# optimkit.lr_scheduler`` works the same (as ``os.path`` names ``posixpath``).
+for _module in (lr_scheduler, schedules, swa_utils):
+    sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ASGD",
-    "Adadelta",
-    "Adafactor",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "LBFGS",
-    "Muon",
-    "NAdam",
+    *_optimizers,
     "Optimizer",
-    "RAdam",
-    "RMSprop",
-    "Rprop",
     "Checkpointer",
     "create_optimizer",
     "find_lr",
@@ -53,8 +36,6 @@ __all__ = [
     "lr_scheduler",
     "schedules",
     "swa_utils",
-    "SGD",
-    "SparseAdam",
     "register_optimizer_step_post_hook",
     "register_optimizer_step_pre_hook",
     "required",

@@ -32,7 +32,9 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
-from . import compiled, dtensor, flat
+from .execution import compiled
+from .execution import packed as flat
+from .execution import sharded as dtensor
 
 __all__ = [
     "Optimizer",

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import (
+from .optimizers import (
     adadelta,
     adafactor,
     adagrad,

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import (
+from .._common import (
     add_scaled,
     as_real,
     check_compile,
@@ -19,8 +19,8 @@ from ._common import (
     taken,
     to_scalar,
 )
-from .fused import FusedSupport
-from .optimizer import Optimizer, _step_tensor
+from ..execution.fused import FusedSupport
+from ..optimizer import Optimizer, _step_tensor
 
 __all__ = ["Adagrad", "adagrad_"]
 

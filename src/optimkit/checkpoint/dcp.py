@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint as ck
+from . import file as ck
 
 __all__ = ["save", "restore", "checkpoints"]
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import to_scalar
-from .optimizer import Optimizer
+from .._common import to_scalar
+from ..optimizer import Optimizer
 
 __all__ = ["Muon", "muon_", "zeropower_via_newtonschulz"]
 

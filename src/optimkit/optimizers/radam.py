@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import (
+from .._common import (
     add_scaled,
     as_real,
     check_betas,
@@ -20,7 +20,7 @@ from ._common import (
     taken,
     to_scalar,
 )
-from .optimizer import Optimizer, _step_tensor
+from ..optimizer import Optimizer, _step_tensor
 
 __all__ = ["RAdam", "radam_"]
 

@@ -62,7 +62,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import flat
+from . import packed as flat
 
 __all__ = ["step_compiled", "compiled_rule"]
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import as_real, check_compile, check_lr, differentiating, to_scalar
-from .optimizer import Optimizer, _step_tensor
+from .._common import as_real, check_compile, check_lr, differentiating, to_scalar
+from ..optimizer import Optimizer, _step_tensor
 
 __all__ = ["Rprop", "rprop_"]
 

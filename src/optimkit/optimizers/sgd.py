@@ -6,9 +6,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ._common import add_scaled, check_compile, check_impl_flags, check_lr, check_nonneg, taken, to_scalar
-from .fused import FusedSupport
-from .optimizer import Optimizer
+from .._common import add_scaled, check_compile, check_impl_flags, check_lr, check_nonneg, taken, to_scalar
+from ..execution.fused import FusedSupport
+from ..optimizer import Optimizer
 
 __all__ = ["SGD", "sgd_"]
 

@@ -17,7 +17,7 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
-from . import dtensor
+from . import sharded as dtensor
 
 __all__ = ["FusedSupport"]
 

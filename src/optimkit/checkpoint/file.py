@@ -222,7 +222,7 @@ def _set_rng(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- the checkpointer
 def _header(step: int) -> dict[str, Any]:
     """The fields every checkpoint file starts with (``load`` checks ``format`` and ``step``)."""
-    from . import __version__
+    from .. import __version__
 
     return {
         "format": _FORMAT,
@@ -632,7 +632,7 @@ def inspect(path: str | os.PathLike, *, file: TextIO | None = None) -> None:
     print(describe(path), file=file if file is not None else sys.stdout)
 
 
-from . import checkpoint_dist  # noqa: E402 - it builds on this module's file format
+from . import dcp as checkpoint_dist  # noqa: E402 - it builds on this module's file format
 
 
 # ---------------------------------------------------------------------------- CLI

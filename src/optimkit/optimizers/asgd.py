@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import (
+from .._common import (
     add_scaled,
     as_real,
     at_least,
@@ -19,7 +19,7 @@ from ._common import (
     taken,
     to_scalar,
 )
-from .optimizer import Optimizer, _scalar_dtype
+from ..optimizer import Optimizer, _scalar_dtype
 
 __all__ = ["ASGD", "asgd_"]
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import to_scalar
-from .optimizer import Optimizer, _step_tensor
+from .._common import to_scalar
+from ..optimizer import Optimizer, _step_tensor
 
 __all__ = ["Adafactor", "adafactor_"]
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import check_betas, to_scalar
-from .optimizer import Optimizer
+from .._common import check_betas, to_scalar
+from ..optimizer import Optimizer
 
 __all__ = ["SparseAdam", "sparse_adam_"]
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import dtensor
-from ._common import to_scalar
-from .optimizer import Optimizer
+from .._common import to_scalar
+from ..execution import sharded as dtensor
+from ..optimizer import Optimizer
 
 __all__ = ["LBFGS"]
 

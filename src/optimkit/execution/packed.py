@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import dtensor
+from . import sharded as dtensor
 
 __all__ = ["SMALL", "CHUNK", "step_elementwise"]
 

@@ -1,0 +1,1 @@
+"""How a parameter group's step runs: executors behind one interface."""
