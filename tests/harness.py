@@ -126,3 +126,25 @@ def assert_same(a: Any, b: Any, path: str = "") -> None:
         assert math.isnan(b), f"{path}: nan vs {b}"
     else:
         assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+def oracle_kwargs(spec: OptimizerSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The oracle's arguments: torch pinned to its for-loop (``foreach=False``) unless the
+    config asks for fused; an authors' package (no such flag) takes the config as it is."""
+    import inspect
+
+    kw = dict(kwargs)
+    if "foreach" in inspect.signature(spec.oracle_cls).parameters and not kw.get("fused"):
+        kw["foreach"] = False
+    return kw
+
+
+def assert_same_state_dict(ours: dict[str, Any], ref: dict[str, Any], spec: OptimizerSpec, path: str = "") -> None:
+    """Whole state dicts equal (torch as the oracle); against an authors' package, whose groups
+    carry other bookkeeping, the state and every group key the oracle has."""
+    if spec.cls.oracle is None:
+        assert_same(ours, ref, path)
+        return
+    assert_same(ours["state"], ref["state"], f"{path}.state")
+    for i, (g, rg) in enumerate(zip(ours["param_groups"], ref["param_groups"], strict=True)):
+        assert_same({k: g[k] for k in rg}, rg, f"{path}.param_groups[{i}]")

@@ -277,7 +277,7 @@ def _ddp_case(rank: int, world: int, name: str, config: int, bucket_view: bool) 
     ddp = DDP(model, gradient_as_bucket_view=bucket_view)
     opt = REGISTRY[name].cls(ddp.parameters(), **clone_kwargs(REGISTRY[name].configs[config]))
     losses = train(ddp, opt, name, STEPS, rank=rank, world=world)
-    layouts = getattr(opt, "_flat_layouts", {})
+    layouts = opt._store.layouts
     return {
         "params": full(list(model.parameters())),
         "state": full(opt.state_dict()),

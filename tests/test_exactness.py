@@ -1,6 +1,7 @@
-"""The exactness table: every registered optimizer x config x dtype against torch.optim.
+"""The exactness table: every registered optimizer x config x dtype against its oracle.
 
-torch.optim's for-loop implementation (``foreach=False``) is the oracle. After every step
+torch.optim's for-loop implementation (``foreach=False``) is the oracle of torch's optimizers;
+the others declare theirs (the authors' package, ``Optimizer.oracle``). After every step
 the parameters must be bit-identical, and at the end the whole state dict (every state
 tensor, its dtype and device, every hyperparameter) must be too. Gradients include steps
 where some parameters have ``grad=None``.
@@ -8,23 +9,22 @@ where some parameters have ``grad=None``.
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 
-from harness import assert_same, clone_kwargs, grad_like, make_params, run, skip_pattern
+from harness import (
+    assert_same,
+    assert_same_state_dict,
+    clone_kwargs,
+    grad_like,
+    make_params,
+    oracle_kwargs,
+    run,
+    skip_pattern,
+)
 from optimkit.registry import REGISTRY
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-
-
-def torch_kwargs(spec, kwargs):
-    """The oracle: torch's for-loop mode, unless the config asks for fused."""
-    kw = dict(kwargs)
-    if "foreach" in inspect.signature(spec.torch_cls).parameters and not kw.get("fused"):
-        kw["foreach"] = False
-    return kw
 
 
 def check_parity(spec, kwargs, dtype, sparse=False, steps=6):
@@ -33,22 +33,22 @@ def check_parity(spec, kwargs, dtype, sparse=False, steps=6):
     ref_p = [p.detach().clone().requires_grad_() for p in ours_p]
     # Both get the same arguments (foreach=False pins torch to its for-loop oracle; for
     # optimkit the flag changes nothing), so the param groups must match too.
-    kwargs = torch_kwargs(spec, kwargs)
+    kwargs = oracle_kwargs(spec, kwargs)
     ours = spec.cls(ours_p, **clone_kwargs(kwargs))
-    ref = spec.torch_cls(ref_p, **clone_kwargs(kwargs))
+    ref = spec.oracle_cls(ref_p, **clone_kwargs(kwargs))
     # Step one at a time so a divergence is reported at the first step it appears.
     for step in range(steps):
         run(None, {}, ours_p, spec, steps=1, sparse=sparse, opt=ours, start=step)
         run(None, {}, ref_p, spec, steps=1, sparse=sparse, opt=ref, start=step)
         for i, (a, b) in enumerate(zip(ours_p, ref_p)):
             assert_same(a.detach(), b.detach(), f"step {step} param {i}")
-    assert_same(ours.state_dict(), ref.state_dict(), "state_dict")
+    assert_same_state_dict(ours.state_dict(), ref.state_dict(), spec, "state_dict")
 
 
 CASES = [
     pytest.param(spec, i, dtype, id=f"{name}-{i}-{str(dtype)[6:]}")
     for name, spec in REGISTRY.items()
-    if spec.torch_cls is not None
+    if spec.oracle_cls is not None
     for i in range(len(spec.configs))
     for dtype in DTYPES
 ]
@@ -62,7 +62,7 @@ def test_exact_vs_torch(spec, config, dtype):
 COMPLEX_CASES = [
     pytest.param(spec, i, dtype, id=f"{name}-{i}-{str(dtype)[6:]}")
     for name, spec in REGISTRY.items()
-    if spec.torch_cls is not None and spec.complex
+    if spec.oracle_cls is not None and spec.complex
     for i in range(len(spec.configs))
     for dtype in (torch.complex64, torch.complex128)
     if not spec.configs[i].get("fused")

@@ -47,11 +47,11 @@ def test_signature_and_defaults_equal_torch(name):
     """torch's parameters, in torch's order with torch's defaults -- plus, for the
     elementwise optimizers, optimkit's own keyword-only ``compile=False`` at the end."""
     spec = REGISTRY[name]
-    if spec.torch_cls is None:
+    if spec.oracle_cls is None:
         pytest.skip("this torch has no such class")
     ours = [(p.name, p.kind, p.default) for p in inspect.signature(spec.cls.__init__).parameters.values()]
-    theirs = inspect.signature(spec.torch_cls.__init__)
-    if spec.cls._elementwise:
+    theirs = inspect.signature(spec.oracle_cls.__init__)
+    if spec.elementwise:
         assert ours[-1] == ("compile", inspect.Parameter.KEYWORD_ONLY, False)
         ours = ours[:-1]
     assert ours == [(p.name, p.kind, p.default) for p in theirs.parameters.values()]
@@ -337,7 +337,17 @@ def test_duplicate_parameters_warn():
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_registry_capabilities_match_the_classes(name):
+def test_registry_capabilities_are_the_classes(name):
+    """The registry restates nothing: its capabilities are the ones the rule declares."""
     spec = REGISTRY[name]
-    assert spec.elementwise == spec.cls._elementwise
-    assert spec.fused == hasattr(spec.cls, "_fused_kernel")
+    assert spec.caps is spec.cls.caps()
+    assert spec.cls.rule is None or spec.caps is spec.cls.rule.caps
+    assert spec.fused == (spec.caps.fused is not None)
+    assert spec.configs is spec.cls.configs and spec.lab_lr == spec.cls.lab_lr
+
+
+def test_registry_lists_every_exported_optimizer():
+    import optimkit.optimizers
+
+    assert sorted(REGISTRY) == sorted(name.lower() for name in optimkit.optimizers.__all__)
+    assert all(getattr(optimkit, spec.cls.__name__) is spec.cls for spec in REGISTRY.values())

@@ -119,7 +119,7 @@ def _bad_dicts(sd, spec):
     alien["state"][99] = {}
     out.append(("parameter id 99", alien))
     for pid, st in sd["state"].items():
-        for key in spec.cls._param_shaped_state:
+        for key in spec.cls.rule.param_keys if spec.cls.rule else ():
             if isinstance(st.get(key), torch.Tensor) and st[key].dim() > 0:
                 wrong = copy.deepcopy(sd)
                 wrong["state"][pid][key] = torch.zeros(st[key].numel() + 1)

@@ -8,7 +8,7 @@ faster), the effective bandwidth (the bytes a step must move: read the gradient,
 write the parameter and every state tensor) and its share of the machine's copy bandwidth,
 measured in the same run. ``--memory`` adds the peak extra resident memory of a step (Linux:
 ``VmHWM`` after resetting it through ``/proc/self/clear_refs``). ``--compile`` adds the mode
-``optimkit compile`` (``compile=True``, :mod:`optimkit.compiled`): its warm-up steps compile and
+``optimkit compile`` (``compile=True``, :mod:`optimkit.execution.compiled`): its warm-up steps compile and
 are not timed; the time they took compiling is printed in the column ``compile s`` (with a
 cold or a warm compile cache, whichever this run found).
 """
@@ -83,7 +83,7 @@ def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, type, 
     modes = [("optimkit", spec.cls, {})]
     if spec.fused:
         modes.append(("optimkit fused", spec.cls, {"fused": True}))
-    if compile and spec.cls._elementwise:
+    if compile and spec.elementwise:
         modes.append(("optimkit compile", spec.cls, {"compile": True}))
     modes += [
         ("torch for-loop", spec.torch_cls, {"foreach": False}),
@@ -164,7 +164,7 @@ def run(
     compile: bool = False,
 ) -> list[Row]:
     """Run the benchmark and print a Markdown table; return its rows."""
-    names = list(optimizers or [n for n, s in REGISTRY.items() if s.cls._elementwise and s.torch_cls])
+    names = list(optimizers or [n for n, s in REGISTRY.items() if s.elementwise and s.torch_cls])
     workloads = list(workloads or WORKLOADS)
     reference = copy_bandwidth()
     out(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -7,15 +7,22 @@ provides. The class *derives* from ``torch.optim.Optimizer`` only so that
 torch's base class defines is defined again here; none of torch's base-class code runs
 (``tests/test_optimizer_core.py`` checks this).
 
-An optimizer subclass supplies three things and inherits the step driver:
+An optimizer subclass declares one thing, its update rule (:mod:`optimkit.rule`), and writes
+its torch-style constructor (signature, defaults, validation)::
 
-* ``_init_state(p, group)`` -- the state of a parameter at its first step (torch's keys),
-* ``_hyper(group)``         -- the group's hyperparameters as keyword arguments of the rule,
-* ``_rule``                 -- the update rule: tensor math on one tensor ``rule(p, grad,
-  state, **hyper)``. The rule does not know whether ``p`` is one parameter or a flat buffer
-  holding many: execution strategies decide how tensors are fed in, never what is computed.
+    class Adam(Optimizer):
+        rule = adam_          # the math, its state, its capabilities: @rule(...) def adam_(...)
+        def __init__(self, params, lr=1e-3, ...):
+            super().__init__(params, dict(lr=lr, ...), compile=compile)
 
-Optimizers whose step is not "one rule per tensor" (LBFGS) override ``step`` itself.
+The step driver here does the rest: for each group it collects the parameters with gradients,
+builds a :class:`~optimkit.execution.Job` and lets the executor that
+:func:`~optimkit.execution.pick` chooses run it -- per tensor, packed, fused, compiled or
+sharded; the rule does not know which. State is created from the rule's declaration and lives
+in a :class:`~optimkit.execution.StateStore` (``opt.state`` is its dict, in torch's format).
+
+Optimizers whose step is not "one rule per tensor" (LBFGS) override ``step`` itself and
+declare their ``capabilities`` directly.
 """
 
 from __future__ import annotations
@@ -32,9 +39,9 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
-from .execution import compiled
-from .execution import packed as flat
+from .execution import Compiled, Job, StateStore, pick
 from .execution import sharded as dtensor
+from .rule import Capabilities, Rule, step_tensor
 
 __all__ = [
     "Optimizer",
@@ -119,23 +126,23 @@ class Optimizer(torch.optim.Optimizer):
         _step_count: number of completed ``step()`` calls.
     """
 
-    #: State entries that are scalar bookkeeping (counters, products of scalars). They keep
-    #: their saved dtype on load instead of being cast to the parameter's dtype, so a resumed
-    #: run continues bit-identically (torch casts e.g. NAdam's ``mu_product`` to float64).
-    _scalar_state: tuple[str, ...] = ("step",)
-    #: State entries that have the parameter's shape; ``load_state_dict`` checks them.
-    _param_shaped_state: tuple[str, ...] = ()
+    #: The update rule (math, state, capabilities); None for a step written whole (LBFGS).
+    rule: Rule | None = None
+    #: What an optimizer without a rule supports (one with a rule declares it there).
+    capabilities: Capabilities = Capabilities()
+    #: Constructor arguments that together exercise every option: the registry's test tables
+    #: run each against the oracle (the first one is the default).
+    configs: tuple[dict[str, Any], ...] = ({},)
+    #: A learning rate that works on the lab's small problems (its search starts here).
+    lab_lr: float = 1e-3
+    #: The reference implementation the test tables compare with, ``"module:Class"`` (the
+    #: authors' package, pinned in the ``test`` extra); None: torch.optim's class of this name.
+    oracle: str | None = None
     #: How torch words the capturable-on-unsupported-device error, and whether XLA counts.
     _capturable_tensors: str = "params and state_steps"
     _capturable_xla: bool = True
-    #: The rule is elementwise (each output element depends only on the same element of its
-    #: inputs, plus scalars): it may then run on chunks of a tensor or on packs of tensors.
-    _elementwise: bool = False
-    #: Feed big tensors to the elementwise rule in chunks (see :mod:`optimkit.flat`). Pays off
-    #: when the rule makes full-size temporaries (Adam's ``sqrt``: 2x faster on GPT-2 shapes);
-    #: rules that make none or one (SGD, ASGD) are faster whole (measured: 15 vs 19 ms, 38 vs 49 ms).
-    _chunk_big: bool = True
-    #: Error raised when a group holds a sparse gradient and the rule cannot take it.
+    #: torch's message for a sparse gradient the rule cannot take (default: "<Name> does not
+    #: support sparse gradients").
     _sparse_error: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -144,9 +151,12 @@ class Optimizer(torch.optim.Optimizer):
         if step is not None and not getattr(step, "hooked", False):
             cls.step = _hooked_step(step)
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], *, compile: bool = False) -> None:
         # torch's base __init__ is deliberately not called: this class is the implementation.
         torch._C._log_api_usage_once("python.optimizer")
+        _check_compile(type(self), compile, defaults)
+        self._store = StateStore()
+        self._compiled = Compiled() if compile else None
         self.defaults = defaults
         self._optimizer_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
@@ -162,7 +172,6 @@ class Optimizer(torch.optim.Optimizer):
                 "params argument given to the optimizer should be "
                 "an iterable of Tensors or dicts, but got " + torch.typename(params)
             )
-        self.state: defaultdict[torch.Tensor, Any] = defaultdict(dict)
         self.param_groups: list[dict[str, Any]] = []
 
         param_groups = list(params)
@@ -181,10 +190,15 @@ class Optimizer(torch.optim.Optimizer):
             "state": self.state,
             "param_groups": self.param_groups,
             "_step_count": self._step_count,
-            **({"_compile": True} if getattr(self, "_compile", False) else {}),
+            **({"compile": True} if self.compile else {}),
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        compile = bool(state.pop("compile", False) or state.pop("_compile", False))
+        self._store = StateStore()
+        self._compiled = Compiled() if compile else None
+        self.state = state.pop("state", defaultdict(dict))
         self.__dict__.update(state)
         for name in (
             "_optimizer_step_pre_hooks",
@@ -198,6 +212,37 @@ class Optimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("_step_count", 0)
         self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
         self.defaults.setdefault("differentiable", False)
+
+    # ------------------------------------------------------------------ state and capabilities
+    @property
+    def state(self) -> defaultdict[torch.Tensor, Any]:
+        """Per-parameter state, torch's ``defaultdict(dict)`` keyed by the parameter (see
+        :mod:`optimkit.execution.store`: packed entries are views of flat buffers)."""
+        return self._store.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._store.replace(value)
+
+    @property
+    def compile(self) -> bool:
+        """Whether elementwise steps run the rule under torch.compile (``compile=True``)."""
+        return self._compiled is not None
+
+    @property
+    def compile_seconds(self) -> float:
+        """Time spent in steps that compiled a graph (0 unless ``compile=True``)."""
+        return self._compiled.seconds if self._compiled is not None else 0.0
+
+    @classmethod
+    def caps(cls) -> Capabilities:
+        """The optimizer's capabilities: its rule's, or its own declaration."""
+        return cls.rule.caps if cls.rule is not None else cls.capabilities
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        # GradScaler lets a fused step unscale gradients itself (grad_scale / found_inf).
+        return self.caps().fused is not None and any(group.get("fused") for group in self.param_groups)
 
     def __repr__(self) -> str:
         lines = [type(self).__name__ + " ("]
@@ -372,71 +417,25 @@ class Optimizer(torch.optim.Optimizer):
         if any(g is None for g in grads):
             params = [p for p, g in zip(params, grads) if g is not None]
             grads = [g for g in grads if g is not None]
-        if self._sparse_error is not None and any(g.is_sparse for g in grads):
-            raise RuntimeError(self._sparse_error)
+        if self.caps().sparse == "no" and any(g.is_sparse for g in grads):
+            raise RuntimeError(self._sparse_error or f"{type(self).__name__} does not support sparse gradients")
         return list(params), grads
 
     def _step_group(self, group: dict[str, Any]) -> None:
-        """Apply the rule to every parameter of the group that has a gradient.
-
-        Elementwise rules go through :mod:`optimkit.flat` (small tensors packed, big ones
-        chunked: the same bits, far less overhead); others run once per parameter.
-        """
+        """Run the rule on every parameter of the group that has a gradient, through the
+        executor :func:`optimkit.execution.pick` chooses for it."""
         params, grads = self._params_with_grad(group)
         if not params:
             return
-        self._check_group(group, params)
-        hyper = self._hyper(group)
-        if self._elementwise and not group.get("differentiable"):
-            if getattr(self, "_compile", False):  # compile=True: the same rule, compiled
-                compiled.step_compiled(self, group, params, grads, hyper)
-                return
-            flat.step_elementwise(self, group, params, grads, hyper)
-            return
-        rule = type(self)._rule
-        if dtensor.any_dtensor(params) and not group.get("differentiable"):
-            self._step_gathered(group, params, grads, functools.partial(rule, **hyper))
-            return
-        states = self._states(params, group)
-        for p, grad, state in zip(params, grads, states):
-            rule(p, grad, state, **hyper)
-        self._store_states(params, states)
-
-    def _step_gathered(
-        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor], run: Callable
-    ) -> None:
-        """A rule that needs whole tensors, on sharded (DTensor) parameters: see :mod:`optimkit.dtensor`."""
-
-        def init(full_p: torch.Tensor, full_g: torch.Tensor) -> dict[str, Any]:
-            full_p.grad = full_g  # some rules shape their state after the gradient (Adafactor)
-            return self._init_state(full_p, group)
-
-        for p, grad in zip(params, grads):
-            state = self.state.get(p) or {}
-            if dtensor.is_dtensor(p):
-                dtensor.step_gathered(run, p, grad, state, init)
-            else:
-                state = state or self._init_state(p, group)
-                run(p, grad, state)
-            if state:
-                self.state[p] = state
-
-    def _states(self, params: list[torch.Tensor], group: dict[str, Any]) -> list[dict[str, Any]]:
-        """Each parameter's state, created at its first step (``_init_state``)."""
-        states = []
-        for p in params:
-            state = self.state.get(p)
-            if not state:
-                state = self._init_state(p, group)
-            states.append(state)
-        return states
-
-    def _store_states(self, params: list[torch.Tensor], states: list[dict[str, Any]]) -> None:
-        # A parameter gets a state entry only once it has state (SGD without momentum has
-        # none, as in torch), so state dicts match torch's key for key.
-        for p, state in zip(params, states):
-            if state and self.state.get(p) is not state:
-                self.state[p] = state
+        fused = bool(group.get("fused")) and self.caps().fused is not None
+        if not fused:
+            self._check_group(group, params)
+        job = Job(
+            rule=self.rule, group=group, params=params, grads=grads, hyper=self._hyper(group),
+            store=self._store, grad_scale=getattr(self, "grad_scale", None),
+            found_inf=getattr(self, "found_inf", None),
+        )  # fmt: skip
+        pick(job, self._compiled).step(job)
 
     def _check_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """Raise before any update if the group cannot be stepped (capturable on CPU, ...)."""
@@ -448,15 +447,9 @@ class Optimizer(torch.optim.Optimizer):
                         f"If capturable=True, {self._capturable_tensors} must be on supported devices: {devices}."
                     )
 
-    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
-
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @staticmethod
-    def _rule(param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], **hyper: Any) -> None:
-        raise NotImplementedError
+        """The rule's keyword arguments from the group (its keys, by the rule's argument names)."""
+        return self.rule.hyperparameters(group)
 
     # ------------------------------------------------------------------ state dicts
     def state_dict(self) -> StateDict:
@@ -464,7 +457,8 @@ class Optimizer(torch.optim.Optimizer):
 
         ``{"state": {param_id: {...}}, "param_groups": [{..., "params": [ids]}]}`` where
         parameter ids number the parameters of all groups in order. Tensors are not copied
-        (as in torch); use ``copy.deepcopy`` or ``torch.save`` for a snapshot.
+        (as in torch) except entries that live in a pack's flat buffer, which are given as
+        tensors of their own; use ``copy.deepcopy`` or ``torch.save`` for a snapshot.
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
@@ -481,8 +475,12 @@ class Optimizer(torch.optim.Optimizer):
             packed["params"] = [param_ids[id(p)] for p in group["params"]]
             start += len(packed["params"])
             param_groups.append(packed)
+        # Packed entries are views of flat buffers: each is given as a tensor of its own, so
+        # a saved state dict holds what torch's would (see optimkit.execution.store).
+        standalone = self._store.standalone
         packed_state = {
-            (param_ids[id(k)] if isinstance(k, torch.Tensor) else k): v for k, v in self.state.items()
+            (param_ids[id(k)] if isinstance(k, torch.Tensor) else k): standalone(v)
+            for k, v in self.state.items()
         }
         state_dict = {"state": packed_state, "param_groups": param_groups}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
@@ -497,7 +495,7 @@ class Optimizer(torch.optim.Optimizer):
         Everything is validated before anything changes: a dict that does not fit this
         optimizer raises ``ValueError`` naming the problem and leaves the optimizer exactly
         as it was. Tensors are copied to each parameter's device; floating state is cast to
-        the parameter's dtype except the scalar bookkeeping entries (``_scalar_state``),
+        the parameter's dtype except the rule's scalar state (``step``, ``mu_product``, ...),
         which keep their saved dtype so that training resumes bit-identically.
         """
         if not isinstance(state_dict, dict):
@@ -558,8 +556,7 @@ class Optimizer(torch.optim.Optimizer):
         for sg in new_groups:
             self._normalize_group(sg)
 
-        # Everything is valid: commit (the flat layouts describe the old state: drop them).
-        self.__dict__.pop("_flat_layouts", None)
+        # Everything is valid: commit (the store drops the layouts of the old state).
         self.state = state
         self.param_groups = new_groups
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
@@ -569,7 +566,7 @@ class Optimizer(torch.optim.Optimizer):
         """Adjust a loaded group (flags a subclass forces, e.g. AdamW's decoupled decay)."""
 
     def _check_loaded_state(self, key: Any, param: torch.Tensor, value: dict[str, Any]) -> None:
-        for name in self._param_shaped_state:
+        for name in self.rule.param_keys if self.rule is not None else ():
             t = value.get(name)
             if isinstance(t, torch.Tensor) and t.shape != param.shape:
                 raise ValueError(
@@ -578,14 +575,30 @@ class Optimizer(torch.optim.Optimizer):
                 )
 
     def _cast_state(self, param: torch.Tensor, value: Any, group: dict[str, Any], key: Any = None) -> Any:
-        """Deep-copy ``value``, moving tensors to ``param``'s device and dtype (see load_state_dict)."""
-        if isinstance(value, torch.Tensor):
-            if key == "step":
-                if group.get("fused") or group.get("capturable"):
+        """Deep-copy ``value``, moving tensors to ``param``'s device and dtype (see load_state_dict).
+
+        The rule's scalar state (``step``, NAdam's ``mu_product``, ASGD's ``eta``...) keeps its
+        saved dtype and lands where a fresh one would be made, so a resumed run continues
+        bit-identically (torch casts ``mu_product`` to a float64 parameter's dtype); one saved
+        as a plain number (old state dicts) becomes the tensor a fresh one would be.
+        """
+        slot = self.rule.state.get(key) if self.rule is not None and isinstance(key, str) else None
+        if slot is not None and slot.kind == "scalar" and slot.init is not None:
+            fresh = slot.init(param, group)
+            if isinstance(value, torch.Tensor):
+                if key == "step" and (group.get("fused") or group.get("capturable")):
                     return value.to(dtype=torch.float32, device=param.device, copy=True)
-                return value.to(device="cpu", copy=True)
-            if key in self._scalar_state:
-                return value.to(device=param.device, copy=True)
+                device = fresh.device if isinstance(fresh, torch.Tensor) else param.device
+                return value.to(device=device, copy=True)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if isinstance(fresh, torch.Tensor):
+                    return torch.tensor(float(value), dtype=fresh.dtype, device=fresh.device)
+                return value
+        if isinstance(value, torch.Tensor) and key == "step":  # a step without a rule: torch's policy
+            if group.get("fused") or group.get("capturable"):
+                return value.to(dtype=torch.float32, device=param.device, copy=True)
+            return value.to(device="cpu", copy=True)
+        if isinstance(value, torch.Tensor):
             same_kind = (value.is_floating_point() and param.is_floating_point()) or (
                 value.is_complex() and param.is_complex()
             )
@@ -595,7 +608,7 @@ class Optimizer(torch.optim.Optimizer):
         if isinstance(value, dict):
             return {k: self._cast_state(param, v, group, key=k) for k, v in value.items()}
         if key == "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return self._step_from_number(value, param, group)
+            return step_tensor(param, group, float(value))
         if isinstance(value, (list, tuple)):
             return type(value)(self._cast_state(param, v, group) for v in value)
         return value
@@ -616,22 +629,27 @@ class Optimizer(torch.optim.Optimizer):
             return value.to(dtype=param.dtype, device=param.device)
         return value.to(device=param.device)
 
-    def _step_from_number(self, value: float, param: torch.Tensor, group: dict[str, Any]) -> Any:
-        """Old state dicts stored the step as a number; optimizers with tensor steps convert it."""
-        return _step_tensor(param, group, float(value))
 
-
-def _scalar_dtype() -> torch.dtype:
-    """torch's dtype for scalar state: float64 under a float64 default dtype, else float32."""
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
-def _step_tensor(p: torch.Tensor, group: dict[str, Any], value: float = 0.0) -> torch.Tensor:
-    """A step counter as torch stores it: a CPU scalar tensor, or float32 on the parameter's
-    device when the group is fused or capturable."""
-    dtype = torch.float32 if group.get("fused") else _scalar_dtype()
-    device = p.device if group.get("fused") or group.get("capturable") else "cpu"
-    return torch.tensor(value, dtype=dtype, device=device)
+def _check_compile(cls: type, compile: bool, defaults: dict[str, Any]) -> None:
+    """Validate ``compile=True`` (see :mod:`optimkit.execution.compiled`) against the rule and
+    the other flags."""
+    if not compile:
+        return
+    rule = cls.rule
+    if rule is None or not rule.caps.elementwise:
+        raise ValueError(
+            f"compile=True needs an elementwise update rule; {cls.__name__}'s step works on whole tensors"
+        )
+    if defaults.get("fused"):
+        raise ValueError(
+            "compile=True and fused=True cannot be used together: choose torch's fused kernel "
+            "(fused=True) or the compiled update rule (compile=True)"
+        )
+    if defaults.get("differentiable"):
+        raise ValueError(
+            "compile=True does not support differentiable=True: differentiate through the exact "
+            "path (compile=False)"
+        )
 
 
 Optimizer.step = _hooked_step(Optimizer.step)

@@ -1,1 +1,44 @@
-"""How a parameter group's step runs: executors behind one interface."""
+"""How a parameter group's step runs: executors behind one interface.
+
+The optimizer builds a :class:`~.job.Job` (rule, group, parameters with gradients, their
+gradients, hyperparameters, state store) and :func:`pick` chooses who runs it:
+
+=================  ==========================================================================
+``Fused``          ``fused=True`` and the rule names a torch fused kernel (:mod:`.fused`)
+``PerTensor``      ``differentiable=True``, or a rule that needs whole tensors (:mod:`.per_tensor`)
+``Gathered``       a whole-tensor rule on DTensor (FSDP2) parameters (:mod:`.per_tensor`)
+``Compiled``       ``compile=True`` on an elementwise rule (:mod:`.compiled`)
+``Packed``         every other elementwise rule: small tensors packed, big ones chunked, DTensor
+                   parameters on their local shards (:mod:`.packed`)
+=================  ==========================================================================
+
+Every executor runs the same rule function; they differ only in how tensors reach it. None
+reads an optimizer's attributes: what they need is in the job, and the state in its store.
+"""
+
+from __future__ import annotations
+
+from .compiled import Compiled
+from .fused import Fused
+from .job import Executor, Job
+from .packed import Packed
+from .per_tensor import Gathered, PerTensor
+from .sharded import any_dtensor
+from .store import StateStore
+
+__all__ = ["Job", "Executor", "StateStore", "pick", "Packed", "PerTensor", "Gathered", "Fused", "Compiled"]
+
+FUSED, PER_TENSOR, GATHERED, PACKED = Fused(), PerTensor(), Gathered(), Packed()
+
+
+def pick(job: Job, compiled: Compiled | None = None) -> Executor:
+    """The executor for ``job``; ``compiled`` is the optimizer's (``compile=True``) or None."""
+    caps, group = job.rule.caps, job.group
+    if group.get("fused") and caps.fused:
+        return FUSED
+    exact = bool(group.get("differentiable"))
+    if caps.elementwise and not exact:
+        return compiled or PACKED
+    if not exact and any_dtensor(job.params):
+        return GATHERED
+    return PER_TENSOR

@@ -1,6 +1,6 @@
 """``compile=True``: the optimizer's one update rule under ``torch.compile``.
 
-Why it exists. The exact path (:mod:`optimkit.flat`) runs the rule op by op, as torch's for-loop
+Why it exists. The exact path (:mod:`.packed`) runs the rule op by op, as torch's for-loop
 does: every op is one pass over memory (Adam makes about ten), which is what makes its numbers
 equal torch's bit for bit. ``torch.compile`` turns the same rule into one fused loop that reads
 each tensor once and writes it once -- for the optimizers torch has no fused kernel for
@@ -13,14 +13,14 @@ What is compiled. The rule itself -- ``adam_``, ``rmsprop_``, ... the very funct
 path runs; nothing here restates an update. Three things make the rule one graph:
 
 * The scalars derived from the step (bias corrections, NAdam's momentum schedule, ASGD's eta
-  and mu) come from ``_common.item`` / ``select`` / ``at_least``, which return the host
+  and mu) come from ``ops.item`` / ``select`` / ``at_least``, which return the host
   number on the exact path and keep a 0-d float64 tensor while torch.compile traces.
 * Numeric hyperparameters are passed as 0-d float64 tensors (a Python float's precision), so
   a scheduler changing ``lr``, ``betas`` or ``momentum`` every step (OneCycleLR) does not
-  recompile. The rules branch on ``weight_decay`` and ``momentum`` through ``_common.taken``:
+  recompile. The rules branch on ``weight_decay`` and ``momentum`` through ``ops.taken``:
   they come as tensors only when positive, so only a change to or from zero compiles anew.
   (A tensor ``alpha`` of an out-of-place ``add`` would be baked into the graph by dynamo:
-  the rules use ``_common.add_scaled``.)
+  the rules use ``ops.add_scaled``.)
 * Tensors are fed as flat 1-D pieces with a dynamic size (``dynamic=True``): the flat
   layout's packs of small parameters and every big parameter whole, not chunked -- the fused
   loop makes no temporaries, so chunks would only add calls (measured on a 32M tensor: one
@@ -45,8 +45,8 @@ optimizer instance using a rule shares them. Across processes, inductor's FX gra
 AOTAutograd's cache (on by default, on disk under ``TORCHINDUCTOR_CACHE_DIR``, by default
 ``/tmp/torchinductor_<user>``) make a second run's first step skip code generation and the
 C++ compiler: a cold first Adam step takes seconds, a warm one well under a second.
-``compile_seconds`` (an attribute of a ``compile=True`` optimizer) adds up the time of the
-steps that compiled.
+``compile_seconds`` (an attribute of a ``compile=True`` optimizer, read from this executor's
+``seconds``) adds up the time of the steps that compiled.
 
 The optimizer state is the exact path's, in torch's format: ``state_dict()``/``load_state_dict``
 work unchanged, and a state dict moves freely between ``compile=True`` and the exact path.
@@ -62,9 +62,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import packed as flat
+from .job import Job
+from .packed import Packed, Run, packable
 
-__all__ = ["step_compiled", "compiled_rule"]
+__all__ = ["Compiled", "compiled_rule"]
 
 #: Hyperparameters the rules branch on (``if taken(weight_decay != 0)``): a tensor only when
 #: positive (the branch is taken), else the number itself, decided when the graph is made.
@@ -110,55 +111,69 @@ def _options() -> dict[str, Any]:
     return {"post_grad_custom_post_pass": StoreScalars()}
 
 
-def compiled_rule(rule: Callable) -> Callable:
-    """``torch.compile(rule)``, once per rule for the process."""
-    fn = _COMPILED.get(rule)
-    if fn is None:
-        fn = _COMPILED[rule] = torch.compile(rule, dynamic=True, options=_options())
-    return fn
+def compiled_rule(fn: Callable) -> Callable:
+    """``torch.compile(fn)``, once per rule function for the process."""
+    compiled = _COMPILED.get(fn)
+    if compiled is None:
+        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True, options=_options())
+    return compiled
+
+
+def _as_tensor(key: str, v: Any) -> Any:
+    if type(v) in (float, int) and (key not in BRANCH_HYPER or v > 0):
+        return torch.tensor(v, dtype=torch.float64)
+    if isinstance(v, tuple):
+        return tuple(_as_tensor(key, x) for x in v)
+    return v
 
 
 def _as_tensors(hyper: dict[str, Any]) -> dict[str, Any]:
-    """Numeric hyperparameters as 0-d float64 tensors (a Python float's precision), so that
-    new values need no new graph; bools, tensors and a non-positive branch hyperparameter kept."""
-    out = {}
-    for k, v in hyper.items():
-        if type(v) in (float, int) and (k not in BRANCH_HYPER or v > 0):
-            v = torch.tensor(v, dtype=torch.float64)
-        out[k] = v
-    return out
+    """Numeric hyperparameters (also inside tuples, like ``betas``) as 0-d float64 tensors (a
+    Python float's precision), so that new values need no new graph; bools, tensors and a
+    non-positive branch hyperparameter kept."""
+    return {k: _as_tensor(k, v) for k, v in hyper.items()}
 
 
-def _compilable(p: Tensor, g: Tensor, state: dict[str, Any]) -> bool:
-    return flat._packable(p, g, state)
+class Compiled:
+    """The job's rule under ``torch.compile``, fed by the packed layout (see the module docstring).
 
+    Attributes:
+        seconds: time spent in the steps that compiled a graph (cold start included).
+    """
 
-def step_compiled(
-    opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], hyper: dict[str, Any]
-) -> None:
-    """One step of ``group`` with ``opt``'s rule compiled (see the module docstring)."""
-    start = time.perf_counter()  # before compiled_rule: its first call imports inductor (~2 s)
-    graphs = _graph_count()
-    exact = type(opt)._rule
-    fn = compiled_rule(exact)
-    tensors = _as_tensors(hyper)
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        # The fused loop makes no temporaries: big tensors go whole, not in chunks.
+        self._packed = Packed(run=self._run, chunked=False)
 
-    def rule(p: Tensor, g: Tensor, state: dict[str, Any], **_: Any) -> None:
-        if not _compilable(p, g, state):
-            exact(p, g, state, **hyper)
-            return
-        # 1-D views: tensors of every size share a graph. Keys the rule creates (SGD's
-        # momentum buffer) come back flat and are given the parameter's shape. Detached: a
-        # Parameter's view would require grad, and dynamo guards on that.
-        flat_state = {k: v.view(-1) if v.dim() else v for k, v in state.items()}
-        fn(p.detach().view(-1), g.detach().view(-1), flat_state, **tensors)
-        for k, v in flat_state.items():
-            if k not in state:
-                state[k] = v.view(p.shape)
+    def step(self, job: Job) -> None:
+        start = time.perf_counter()  # before compiled_rule: its first call imports inductor (~2 s)
+        graphs = _graph_count()
+        self._packed.step(job)
+        if _graph_count() != graphs:
+            self.seconds += time.perf_counter() - start
 
-    flat.step_elementwise(opt, group, params, grads, hyper, rule=rule, chunked=False)
-    spent = time.perf_counter() - start if _graph_count() != graphs else 0.0
-    opt.compile_seconds = getattr(opt, "compile_seconds", 0.0) + spent
+    @staticmethod
+    def _run(job: Job) -> Run:
+        rule, hyper = job.rule, job.hyper
+        exact = rule.fn
+        fn = compiled_rule(exact)
+        tensors = _as_tensors(hyper)
+
+        def run(p: Tensor, g: Tensor, state: dict[str, Any], **_: Any) -> None:
+            if not packable(rule, p, g, state):
+                exact(p, g, state, **hyper)
+                return
+            # 1-D views: tensors of every size share a graph. Keys the rule creates (SGD's
+            # momentum buffer) come back flat and are given the parameter's shape. Detached: a
+            # Parameter's view would require grad, and dynamo guards on that.
+            flat_state = {k: v if k in rule.scalar_keys else v.view(-1) for k, v in state.items()}
+            fn(p.detach().view(-1), g.detach().view(-1), flat_state, **tensors)
+            for k, v in flat_state.items():
+                if k not in state:
+                    state[k] = v.view(p.shape)
+
+        return run
 
 
 def _graph_count() -> int:

@@ -4,7 +4,8 @@ For the optimizers torch has fused kernels for (SGD, Adam, AdamW, Adagrad), ``fu
 feeds the group's tensors to those ATen kernels (``torch._fused_adam_`` and friends), so the
 numbers equal ``torch.optim``'s ``fused=True`` -- which differ from the for-loop's in the last
 bits. The update rules themselves live in the optimizer modules; this module only decides how
-tensors reach a kernel. ``GradScaler`` unscaling inside the kernel (``grad_scale`` /
+tensors reach a kernel: a rule declares its kernel by name (``@rule(fused="adam")``) and
+:data:`KERNELS` maps the name to the call. ``GradScaler`` unscaling inside the kernel (``grad_scale`` /
 ``found_inf``) is supported, as in torch.
 """
 
@@ -17,9 +18,10 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
-from . import sharded as dtensor
+from . import sharded
+from .job import Job
 
-__all__ = ["FusedSupport"]
+__all__ = ["Fused", "KERNELS"]
 
 _DTYPE, _DEVICE = operator.attrgetter("dtype"), operator.attrgetter("device")
 
@@ -33,106 +35,100 @@ def _check_fusable(p: Tensor) -> None:
         )
 
 
-class FusedSupport:
-    """Mixin for optimizers with a torch fused kernel; ``_fused_kernel`` names it."""
+class Fused:
+    """Feeds a group to torch's fused kernel named by the rule (``rule.caps.fused``)."""
 
-    _fused_kernel: str
-
-    @property
-    def _step_supports_amp_scaling(self) -> bool:
-        # GradScaler lets a fused step unscale gradients itself (grad_scale / found_inf).
-        return any(group.get("fused") for group in self.param_groups)
-
-    def _step_group(self, group: dict[str, Any]) -> None:
-        if not group.get("fused"):
-            return super()._step_group(group)
-        params, grads = self._params_with_grad(group)
-        if not params:
-            return
-        group_params = params
+    def step(self, job: Job) -> None:
+        params, grads, group, store = job.params, job.grads, job.group, job.store
+        kernel = job.rule.caps.fused
         kinds = set(zip(map(_DTYPE, params), map(_DEVICE, params)))
         for dtype, device in kinds:  # one check per (dtype, device), not per parameter
             _check_fusable(torch.empty(0, dtype=dtype, device=device))
         if any(g.is_sparse for g in grads):
-            raise RuntimeError(f"`_fused_{self._fused_kernel}` does not support sparse gradients")
-        states = self._states(params, group)
-        sharded = dtensor.any_dtensor(params)
-        if sharded:  # torch's fused kernels have no DTensor rule for all kinds: feed local shards
-            dstates = states
-            params, grads, states = map(list, zip(*map(dtensor.to_local, params, grads, dstates)))
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
+            raise RuntimeError(f"`_fused_{kernel}` does not support sparse gradients")
+        states = job.states()
+        group_params, dstates = params, states
+        is_sharded = sharded.any_dtensor(params)
+        if is_sharded:  # torch's fused kernels have no DTensor rule for all kinds: feed local shards
+            params, grads, states = map(list, zip(*map(sharded.to_local, params, grads, dstates)))
         if len(kinds) == 1:  # the common case: no regrouping
             ((_, device),) = kinds
-            grouped = {(device, None): ((params, grads, states), None)}
+            grouped = {device: (params, grads, states)}
         else:
-            grouped = self._group_tensors_by_device_and_dtype([params, grads, states])
-        for (device, _), ((d_params, d_grads, d_states), _) in grouped.items():
-            scale = grad_scale.to(device) if grad_scale is not None else None
-            inf = found_inf.to(device) if found_inf is not None else None
-            getattr(self, "_fused_" + self._fused_kernel)(group, d_params, d_grads, d_states, scale, inf)
-        if sharded:
-            params = group_params
-            for p, st, local_st in zip(params, dstates, states):
-                dtensor.from_local(p, st, local_st)
-            states = dstates
-        self._store_states(params, states)
+            grouped = {}
+            for p, g, st in zip(params, grads, states):
+                lists = grouped.setdefault((p.device, p.dtype), ([], [], []))
+                for out, x in zip(lists, (p, g, st)):
+                    out.append(x)
+        for (d_params, d_grads, d_states) in grouped.values():
+            device = d_params[0].device
+            scale = job.grad_scale.to(device) if job.grad_scale is not None else None
+            inf = job.found_inf.to(device) if job.found_inf is not None else None
+            KERNELS[kernel](group, d_params, d_grads, d_states, scale, inf)
+        if is_sharded:
+            for p, st, local_st in zip(group_params, dstates, states):
+                sharded.from_local(p, st, local_st)
+        store.commit(group_params, dstates)
 
-    @staticmethod
-    def _lr(group: dict[str, Any], device: torch.device) -> Any:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.device.type != "cpu":
-            lr = lr.to(device)
-        return lr
 
-    def _fused_sgd(self, group, params, grads, states, grad_scale, found_inf) -> None:
-        momentum = group["momentum"]
-        bufs: list[Tensor] = []
-        first = False
-        if momentum != 0:
-            first = all("momentum_buffer" not in s for s in states)
-            for s, g in zip(states, grads):
-                if "momentum_buffer" not in s:
-                    if not first:  # a parameter joining late: its buffer starts as its gradient
-                        s["momentum_buffer"] = g.detach().clone()
-                        continue
-                    s["momentum_buffer"] = torch.empty_like(g)
-            bufs = [s["momentum_buffer"] for s in states]
-        torch._fused_sgd_(
-            params, grads, bufs,
-            weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
-            dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
-            is_first_step=first, grad_scale=grad_scale, found_inf=found_inf,
-        )  # fmt: skip
+def _lr(group: dict[str, Any], device: torch.device) -> Any:
+    lr = group["lr"]
+    if isinstance(lr, Tensor) and lr.device.type != "cpu":
+        lr = lr.to(device)
+    return lr
 
-    def _fused_adam(self, group, params, grads, states, grad_scale, found_inf) -> None:
-        steps = [s["step"] for s in states]
-        beta1, beta2 = group["betas"]
-        kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
-        torch._foreach_add_(steps, 1)
-        kernel(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [], steps,
-            amsgrad=group["amsgrad"], lr=self._lr(group, params[0].device),
-            beta1=_scalar(beta1), beta2=_scalar(beta2), weight_decay=group["weight_decay"],
-            eps=group["eps"], maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
-        )  # fmt: skip
-        if found_inf is not None:
-            torch._foreach_sub_(steps, [found_inf] * len(steps))
 
-    def _fused_adagrad(self, group, params, grads, states, grad_scale, found_inf) -> None:
-        if any(p.is_complex() for p in params):
-            raise RuntimeError("`fused` does not support sparse grad or complex param")
-        steps = [s["step"] for s in states]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adagrad_(
-            params, grads, [s["sum"] for s in states], steps,
-            lr=self._lr(group, params[0].device), lr_decay=group["lr_decay"],
-            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
-            grad_scale=grad_scale, found_inf=found_inf,
-        )  # fmt: skip
-        if found_inf is not None:
-            torch._foreach_sub_(steps, [found_inf] * len(steps))
+def _fused_sgd(group, params, grads, states, grad_scale, found_inf) -> None:
+    momentum = group["momentum"]
+    bufs: list[Tensor] = []
+    first = False
+    if momentum != 0:
+        first = all("momentum_buffer" not in s for s in states)
+        for s, g in zip(states, grads):
+            if "momentum_buffer" not in s:
+                if not first:  # a parameter joining late: its buffer starts as its gradient
+                    s["momentum_buffer"] = g.detach().clone()
+                    continue
+                s["momentum_buffer"] = torch.empty_like(g)
+        bufs = [s["momentum_buffer"] for s in states]
+    torch._fused_sgd_(
+        params, grads, bufs,
+        weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
+        dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
+        is_first_step=first, grad_scale=grad_scale, found_inf=found_inf,
+    )  # fmt: skip
+
+def _fused_adam(group, params, grads, states, grad_scale, found_inf) -> None:
+    steps = [s["step"] for s in states]
+    beta1, beta2 = group["betas"]
+    kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+    torch._foreach_add_(steps, 1)
+    kernel(
+        params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+        [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [], steps,
+        amsgrad=group["amsgrad"], lr=_lr(group, params[0].device),
+        beta1=_scalar(beta1), beta2=_scalar(beta2), weight_decay=group["weight_decay"],
+        eps=group["eps"], maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
+    )  # fmt: skip
+    if found_inf is not None:
+        torch._foreach_sub_(steps, [found_inf] * len(steps))
+
+def _fused_adagrad(group, params, grads, states, grad_scale, found_inf) -> None:
+    if any(p.is_complex() for p in params):
+        raise RuntimeError("`fused` does not support sparse grad or complex param")
+    steps = [s["step"] for s in states]
+    torch._foreach_add_(steps, 1)
+    torch._fused_adagrad_(
+        params, grads, [s["sum"] for s in states], steps,
+        lr=_lr(group, params[0].device), lr_decay=group["lr_decay"],
+        weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+        grad_scale=grad_scale, found_inf=found_inf,
+    )  # fmt: skip
+    if found_inf is not None:
+        torch._foreach_sub_(steps, [found_inf] * len(steps))
+
+
+KERNELS = {"sgd": _fused_sgd, "adam": _fused_adam, "adagrad": _fused_adagrad}
 
 
 def _scalar(x: Any) -> Any:

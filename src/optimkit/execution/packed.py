@@ -1,4 +1,4 @@
-"""The default execution strategy for elementwise rules: packs and chunks.
+"""The default executor for elementwise rules: packs and chunks.
 
 torch.optim's for-loop pays tens of microseconds of Python and dispatch per tensor and per op;
 a model with thousands of small tensors spends its optimizer step in overhead. An elementwise
@@ -17,30 +17,38 @@ many -- so the strategy only changes how tensors are fed to the one rule:
   never re-pointed into shared storage (``safetensors`` and Hugging Face's tied-weight detection
   would see them as one tensor).
 * Everything else -- tensors off the CPU, bfloat16/float16 (see ``_DTYPES``), complex, sparse, non-contiguous,
-  tensor subclasses (a DTensor's local shard runs here: see :mod:`optimkit.dtensor`),
+  tensor subclasses (a DTensor's local shard runs here: see :mod:`.sharded`),
   gradients of another dtype, a state entry the user replaced -- takes the per-tensor path.
 
-Scalar state (``step``, NAdam's ``mu_product``, ASGD's ``eta``/``mu``) is per parameter in
-torch's format. A pack keeps it as a 1-D buffer (one entry per parameter, each parameter's state
+Which state entries are param-shaped and which are per-parameter scalars is read from the
+rule's declaration (:mod:`optimkit.rule`), never from a tensor's shape: a 0-dim parameter has
+0-dim moments. Scalar state (``step``, NAdam's ``mu_product``, ASGD's ``eta``/``mu``) is per
+parameter in torch's format. A pack keeps it as a 1-D buffer (one entry per parameter, each parameter's state
 holding a 0-d view); the rule gets a fresh copy of the common value for each call, and the
 result is broadcast back. Parameters whose scalars differ (one skipped a step) go to different
 packs. The layout of a group is rebuilt when the set of packable parameters with gradients
-changes, and dropped by ``load_state_dict``.
+changes (the state of the old packs gets storage of its own again first, so no parameter keeps
+an old pack alive), and dropped by ``load_state_dict``. Layouts live in the job's
+:class:`~.store.StateStore`.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import sharded as dtensor
+from ..rule import Rule
+from . import sharded
+from .job import Job
+from .store import StateStore
 
-__all__ = ["SMALL", "CHUNK", "step_elementwise"]
+__all__ = ["SMALL", "CHUNK", "CHUNKED", "Packed", "packable"]
 
 #: Parameters with fewer elements than this are packed with others.
 SMALL = 1 << 15
@@ -61,6 +69,8 @@ _DTYPE, _DEVICE, _LAYOUT = (
 # it sits in a tensor. For bfloat16/float16 the vectorized body and the scalar tail of a kernel
 # round differently, so moving a tensor to another offset could change its bits.
 _DTYPES = (torch.float32, torch.float64)
+
+Run = Callable[..., None]  # rule(param, grad, state, **hyper)
 
 
 @dataclass
@@ -88,7 +98,9 @@ class _Layout:
     packs: list[_Pack]
 
 
-def _packable(p: Tensor, g: Tensor, state: dict[str, Any]) -> bool:
+def packable(rule: Rule, p: Tensor, g: Tensor, state: dict[str, Any]) -> bool:
+    """A plain, contiguous CPU float32/float64 tensor with a dense gradient alike, and state
+    exactly as the rule declares it (param-shaped entries alike, scalar entries 0-d tensors)."""
     if type(p) not in _PLAIN or type(g) is not Tensor or p.dtype not in _DTYPES:
         return False
     if p.device.type != "cpu":
@@ -99,29 +111,33 @@ def _packable(p: Tensor, g: Tensor, state: dict[str, Any]) -> bool:
         return False
     if not (p.is_contiguous() and g.is_contiguous()):
         return False
-    for v in state.values():
+    for k, v in state.items():
         if not isinstance(v, Tensor) or type(v) is not Tensor:
             return False
-        if v.dim() == 0:
-            continue
-        if v.shape != p.shape or v.dtype != p.dtype or v.device != p.device or not v.is_contiguous():
+        if k in rule.scalar_keys:
+            if v.dim() != 0:
+                return False
+        elif k not in rule.param_keys:  # an entry the rule does not declare param-shaped
+            return False
+        elif v.shape != p.shape or v.dtype != p.dtype or v.device != p.device or not v.is_contiguous():
             return False
     return True
 
 
-def _scalar_values(state: dict[str, Any]) -> tuple:
-    return tuple((k, v.dtype, v.device, v.item()) for k, v in sorted(state.items()) if v.dim() == 0)
+def _scalar_values(rule: Rule, state: dict[str, Any]) -> tuple:
+    return tuple((k, v.dtype, v.device, v.item()) for k, v in sorted(state.items()) if k in rule.scalar_keys)
 
 
 def _build_packs(
-    opt: Any, params: list[Tensor], states: list[dict[str, Any]], small: list[int]
+    store: StateStore, rule: Rule, params: list[Tensor], states: list[dict[str, Any]], small: list[int]
 ) -> list[_Pack]:
     """Group small parameters by (device, dtype, state keys, scalar values); fill packs up to
     ``CHUNK`` elements; move their state into flat buffers and give each parameter views."""
     buckets: dict[tuple, list[int]] = {}
     for i in small:
         p, st = params[i], states[i]
-        key = (p.device, p.dtype, tuple(sorted(k for k, v in st.items() if v.dim() > 0)), _scalar_values(st))
+        shaped = tuple(sorted(k for k in st if k not in rule.scalar_keys))
+        key = (p.device, p.dtype, shaped, _scalar_values(rule, st))
         buckets.setdefault(key, []).append(i)
     packs = []
     for (_, _, shaped_keys, scalars), members in buckets.items():
@@ -129,16 +145,16 @@ def _build_packs(
         size = 0
         for i in members:
             if batch and size + params[i].numel() > CHUNK:
-                packs.append(_make_pack(opt, params, states, batch, shaped_keys, scalars))
+                packs.append(_make_pack(store, params, states, batch, shaped_keys, scalars))
                 batch, size = [], 0
             batch.append(i)
             size += params[i].numel()
         if batch:
-            packs.append(_make_pack(opt, params, states, batch, shaped_keys, scalars))
+            packs.append(_make_pack(store, params, states, batch, shaped_keys, scalars))
     return packs
 
 
-def _make_pack(opt: Any, params: list[Tensor], states: list[dict[str, Any]], index: list[int],
+def _make_pack(store: StateStore, params: list[Tensor], states: list[dict[str, Any]], index: list[int],
                shaped_keys: tuple[str, ...], scalars: tuple) -> _Pack:  # fmt: skip
     members = [params[i] for i in index]
     pack = _Pack(params=members, index=index, state={}, scalar_keys=tuple(k for k, *_ in scalars))
@@ -146,7 +162,7 @@ def _make_pack(opt: Any, params: list[Tensor], states: list[dict[str, Any]], ind
         pack.state[key] = torch.cat([states[i][key].reshape(-1) for i in index])
     for key, *_ in scalars:
         pack.state[key] = torch.stack([states[i][key] for i in index])
-    _give_views(opt, pack)
+    _give_views(store, pack)
     first = members[0]
     pack.param_scratch = torch.empty(sum(p.numel() for p in members), dtype=first.dtype, device=first.device)
     pack.grad_scratch = torch.empty_like(pack.param_scratch)
@@ -159,22 +175,33 @@ def _split_like(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
     return [v.view(p.shape) for v, p in zip(flat.split([p.numel() for p in params]), params)]
 
 
-def _give_views(opt: Any, pack: _Pack) -> None:
+def _give_views(store: StateStore, pack: _Pack) -> None:
     """Point each parameter's state entries at its slice of the pack's buffers."""
     for key, buf in pack.state.items():
-        _hand_out(
-            opt, pack, key, list(buf.unbind(0)) if key in pack.scalar_keys else _split_like(buf, pack.params)
-        )
+        views = list(buf.unbind(0)) if key in pack.scalar_keys else _split_like(buf, pack.params)
+        _hand_out(store, pack, key, buf, views)
 
 
-def _hand_out(opt: Any, pack: _Pack, key: str, views: list[Tensor]) -> None:
+def _hand_out(store: StateStore, pack: _Pack, key: str, buf: Tensor, views: list[Tensor]) -> None:
     pack.views[key] = views
+    store.pack_storages.add(buf.untyped_storage().data_ptr())
     for p, v in zip(pack.params, views):
-        opt.state[p][key] = v
-    pack.dicts = [opt.state[p] for p in pack.params]
+        store.state[p][key] = v
+    pack.dicts = [store.state[p] for p in pack.params]
 
 
-def _pack_intact(opt: Any, pack: _Pack, grads: list[Tensor]) -> bool:
+def _release(store: StateStore, layout: _Layout) -> None:
+    """Give the state of a layout's packs storage of its own again (before re-planning), so
+    that no parameter's state keeps an unused pack buffer alive."""
+    for pack in layout.packs:
+        for key, buf in pack.state.items():
+            store.pack_storages.discard(buf.untyped_storage().data_ptr())
+            for st, view in zip(pack.dicts, pack.views.get(key, ())):
+                if st.get(key) is view:
+                    st[key] = view.clone()
+
+
+def _pack_intact(store: StateStore, pack: _Pack, grads: list[Tensor]) -> bool:
     """False if a gradient is no longer dense and alike, a parameter's dtype or device
     changed, a state entry was replaced by the user, or the scalars drifted apart."""
     dtype, device = pack.param_scratch.dtype, pack.param_scratch.device
@@ -186,7 +213,7 @@ def _pack_intact(opt: Any, pack: _Pack, grads: list[Tensor]) -> bool:
     if set(map(type, pack_grads)) != {Tensor} or set(map(_LAYOUT, pack_grads)) != {torch.strided}:
         return False
     # The state dicts and their entries must still be the ones the pack handed out.
-    states = list(map(opt.state.get, pack.params))
+    states = list(map(store.state.get, pack.params))
     if not pack.views:  # no state yet (SGD without momentum, or before its first step)
         return all(st is None for st in states)
     if not all(map(operator.is_, states, pack.dicts)):
@@ -203,12 +230,12 @@ def _pack_intact(opt: Any, pack: _Pack, grads: list[Tensor]) -> bool:
     return True
 
 
-def _run_chunked(rule: Any, p: Tensor, g: Tensor, st: dict[str, Any], hyper: dict[str, Any]) -> None:
+def _run_chunked(run: Run, rule: Rule, p: Tensor, g: Tensor, st: dict[str, Any], hyper: dict[str, Any]) -> None:
     """A big tensor in place, ``CHUNK`` elements per rule call."""
     n = p.numel()
     flat_p, flat_g = p.view(-1), g.view(-1)
-    shaped = {k: v.view(-1) for k, v in st.items() if v.dim() > 0}
-    scalars = {k: v for k, v in st.items() if v.dim() == 0}
+    shaped = {k: v.view(-1) for k, v in st.items() if k not in rule.scalar_keys}
+    scalars = {k: v for k, v in st.items() if k in rule.scalar_keys}
     created: dict[str, Tensor] = {}
     after: dict[str, Tensor] = {}
     for lo in range(0, n, CHUNK):
@@ -216,7 +243,7 @@ def _run_chunked(rule: Any, p: Tensor, g: Tensor, st: dict[str, Any], hyper: dic
         # Each call starts from the scalars as they were before the step (one step, many calls).
         chunk_state = {k: v.clone() for k, v in scalars.items()}
         chunk_state.update({k: v[lo:hi] for k, v in shaped.items()})
-        rule(flat_p[lo:hi], flat_g[lo:hi], chunk_state, **hyper)
+        run(flat_p[lo:hi], flat_g[lo:hi], chunk_state, **hyper)
         for k, v in chunk_state.items():
             if k in scalars:
                 after[k] = v
@@ -230,81 +257,89 @@ def _run_chunked(rule: Any, p: Tensor, g: Tensor, st: dict[str, Any], hyper: dic
         st[k] = v.view(p.shape)
 
 
-def _run_one(
-    rule: Any, hyper: dict[str, Any], p: Tensor, g: Tensor, st: dict[str, Any], chunked: bool = True
-) -> None:
-    if chunked and p.numel() >= CHUNKED and _packable(p, g, st):
-        _run_chunked(rule, p, g, st, hyper)
+def run_one(run: Run, rule: Rule, hyper: dict[str, Any], chunked: bool, p: Tensor, g: Tensor,
+            st: dict[str, Any]) -> None:  # fmt: skip
+    """One tensor: chunked if it is big (and ``chunked``), else one rule call."""
+    if chunked and p.numel() >= CHUNKED and packable(rule, p, g, st):
+        _run_chunked(run, rule, p, g, st, hyper)
     else:
-        rule(p, g, st, **hyper)
+        run(p, g, st, **hyper)
 
 
-def _run_pack(opt: Any, rule: Any, pack: _Pack, grads: list[Tensor], hyper: dict[str, Any]) -> None:
+def _run_pack(run: Run, store: StateStore, pack: _Pack, grads: list[Tensor], hyper: dict[str, Any]) -> None:
     torch._foreach_copy_(pack.param_views, pack.params)
     torch._foreach_copy_(pack.grad_views, grads)
     state = {k: v for k, v in pack.state.items() if k not in pack.scalar_keys}
     state.update({k: pack.state[k][0].clone() for k in pack.scalar_keys})
-    rule(pack.param_scratch, pack.grad_scratch, state, **hyper)
+    run(pack.param_scratch, pack.grad_scratch, state, **hyper)
     torch._foreach_copy_(pack.params, pack.param_views)
     for key, value in state.items():
         if key in pack.scalar_keys:
             pack.state[key].copy_(value)
         elif key not in pack.state:  # created by the rule (SGD's momentum buffer)
             pack.state[key] = value
-            _hand_out(opt, pack, key, _split_like(value, pack.params))
+            _hand_out(store, pack, key, value, _split_like(value, pack.params))
 
 
-def step_elementwise(
-    opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], hyper: dict[str, Any],
-    rule: Any = None, chunked: bool | None = None,
-) -> None:  # fmt: skip
-    """One step of ``group`` with ``opt``'s elementwise rule (see the module docstring).
+class Packed:
+    """Small tensors packed, big ones chunked (see the module docstring); DTensor parameters
+    run the same way on their local shards (:mod:`.sharded`).
 
-    ``rule`` replaces the rule (``compile=True`` passes the compiled one, see
-    :mod:`optimkit.compiled`); ``chunked=False`` feeds big tensors whole (default: the
-    optimizer's ``_chunk_big``).
+    Args:
+        run: ``run(job)`` gives the function to call in place of the rule's own (``compile=True``
+            passes the compiled rule, see :mod:`.compiled`); None: the rule's function.
+        chunked: feed big tensors in chunks (default: the rule's ``chunk_big``).
     """
-    rule = rule or type(opt)._rule
-    if chunked is None:
-        chunked = type(opt)._chunk_big
-    layouts = opt.__dict__.setdefault("_flat_layouts", {})
-    layout = layouts.get(id(group))
-    if layout is None or not _still_fits(opt, layout, params, grads):
-        layout = layouts[id(group)] = _plan(opt, group, params, grads)
-    rest = [params[i] for i in layout.rest]
-    states = opt._states(rest, group)
-    for i, p, st in zip(layout.rest, rest, states):
-        if type(p) in _PLAIN:
-            _run_one(rule, hyper, p, grads[i], st, chunked)
-        elif dtensor.is_dtensor(p):  # sharded: the same rule on the local shards
-            dtensor.step_local(functools.partial(_run_one, rule, hyper, chunked=chunked), p, grads[i], st)
-        else:
-            rule(p, grads[i], st, **hyper)
-    opt._store_states(rest, states)
-    for pack in layout.packs:
-        _run_pack(opt, rule, pack, [grads[i] for i in pack.index], hyper)
+
+    def __init__(self, run: Callable[[Job], Run] | None = None, chunked: bool | None = None) -> None:
+        self._run = run
+        self._chunked = chunked
+
+    def step(self, job: Job) -> None:
+        rule, store, params, grads, hyper = job.rule, job.store, job.params, job.grads, job.hyper
+        run = self._run(job) if self._run is not None else rule.fn
+        chunked = rule.caps.chunk_big if self._chunked is None else self._chunked
+        layout = store.layouts.get(id(job.group))
+        if layout is None or not _still_fits(store, layout, params, grads):
+            if layout is not None:
+                _release(store, layout)
+            layout = store.layouts[id(job.group)] = _plan(job)
+        rest = [params[i] for i in layout.rest]
+        states = job.states(rest)
+        one = functools.partial(run_one, run, rule, hyper, chunked)
+        for i, p, st in zip(layout.rest, rest, states):
+            if type(p) in _PLAIN:
+                one(p, grads[i], st)
+            elif sharded.is_dtensor(p):  # sharded: the same rule on the local shards
+                sharded.step_local(one, p, grads[i], st)
+            else:
+                run(p, grads[i], st, **hyper)
+        store.commit(rest, states)
+        for pack in layout.packs:
+            _run_pack(run, store, pack, [grads[i] for i in pack.index], hyper)
 
 
-def _plan(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> _Layout:
+def _plan(job: Job) -> _Layout:
     """Decide which parameters are packed (moving their state into the packs' buffers)."""
-    states = opt._states(params, group)
+    params, grads, store = job.params, job.grads, job.store
+    states = job.states()
     if len({id(p) for p in params}) != len(params):
         # A parameter listed twice is stepped twice in a row by torch: keep every one solo.
         return _Layout(params=list(params), rest=list(range(len(params))), packs=[])
     small, rest = [], []
     for i, (p, g, st) in enumerate(zip(params, grads, states)):
-        if p.numel() < SMALL and _packable(p, g, st):
+        if p.numel() < SMALL and packable(job.rule, p, g, st):
             small.append(i)
-            if st and p not in opt.state:  # a pack's members keep their state in opt.state
-                opt.state[p] = st
+            if st and p not in store.state:  # a pack's members keep their state in the store
+                store.state[p] = st
         else:
             rest.append(i)
-    return _Layout(params=list(params), rest=rest, packs=_build_packs(opt, params, states, small))
+    return _Layout(params=list(params), rest=rest, packs=_build_packs(store, job.rule, params, states, small))
 
 
-def _still_fits(opt: Any, layout: _Layout, params: list[Tensor], grads: list[Tensor]) -> bool:
+def _still_fits(store: StateStore, layout: _Layout, params: list[Tensor], grads: list[Tensor]) -> bool:
     """The same parameters have gradients as when the layout was planned, and every pack is
     intact (its gradients dense and alike, its state not replaced, its scalars equal)."""
     if len(params) != len(layout.params) or not all(map(operator.is_, params, layout.params)):
         return False
-    return all(_pack_intact(opt, pack, grads) for pack in layout.packs)
+    return all(_pack_intact(store, pack, grads) for pack in layout.packs)

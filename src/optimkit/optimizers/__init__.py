@@ -11,6 +11,7 @@ from .adam import Adam, AdamW
 from .adamax import Adamax
 from .asgd import ASGD
 from .lbfgs import LBFGS
+from .lion import Lion
 from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
@@ -21,5 +22,5 @@ from .sparse_adam import SparseAdam
 
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
-    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon",
+    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion",
 ]  # fmt: skip

@@ -7,21 +7,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import (
-    add_scaled,
-    as_real,
-    check_compile,
-    check_lr,
-    check_nonneg,
-    differentiating,
-    taken,
-    to_scalar,
-)
-from ..optimizer import Optimizer, _step_tensor
+from ..ops import as_real, differentiating
+from ..optimizer import Optimizer
+from ..rule import rule, step, zeros
+from ..transforms import decay_weights
+from ._checks import check_lr, check_nonneg
 
 __all__ = ["Adadelta", "adadelta_"]
 
 
+@rule(state={"step": step, "square_avg": zeros, "acc_delta": zeros}, elementwise=True)
 def adadelta_(
     param: Tensor,
     grad: Tensor,
@@ -47,8 +42,7 @@ def adadelta_(
     state["step"] += 1
     if maximize:
         grad = -grad
-    if taken(weight_decay != 0):
-        grad = add_scaled(grad, param, weight_decay)
+    grad = decay_weights(param, grad, lr=lr, weight_decay=weight_decay)
     square_avg, acc_delta, grad = as_real(state["square_avg"], state["acc_delta"], grad)
 
     square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
@@ -82,8 +76,13 @@ class Adadelta(Optimizer):
     State per parameter: ``step``, ``square_avg``, ``acc_delta``.
     """
 
-    _param_shaped_state = ("square_avg", "acc_delta")
-    _elementwise = True
+    rule = adadelta_
+    lab_lr = 1.0
+    configs = (
+        {}, {"lr": 0.1}, {"lr": torch.tensor(0.5)}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True},
+        {"rho": 0.95, "eps": 1e-4}, {"rho": 0.5, "weight_decay": 0.9, "lr": torch.tensor(0.1), "maximize": True},
+    )  # fmt: skip
+
     _capturable_xla = False
     _sparse_error = "Adadelta does not support sparse gradients"
 
@@ -110,20 +109,4 @@ class Adadelta(Optimizer):
             lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
             capturable=capturable, foreach=foreach, differentiable=differentiable,
         )  # fmt: skip
-        self._compile = check_compile(compile, None, differentiable)
-        super().__init__(params, defaults)
-
-    _rule = staticmethod(adadelta_)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "step": _step_tensor(p, group),
-            "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "acc_delta": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            lr=to_scalar(group["lr"]), rho=group["rho"], eps=group["eps"],
-            weight_decay=group["weight_decay"], maximize=group["maximize"],
-        )  # fmt: skip
+        super().__init__(params, defaults, compile=compile)

@@ -7,12 +7,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import to_scalar
-from ..optimizer import Optimizer, _step_tensor
+from ..optimizer import Optimizer
+from ..rule import like, other, rule, step, when
 
 __all__ = ["Adafactor", "adafactor_"]
 
 
+def _factored(p: Tensor, group: dict[str, Any]) -> bool:
+    return p.grad.dim() > 1  # torch shapes the state after the gradient
+
+
+@rule(
+    state={
+        "step": step,
+        "row_var": when(_factored, other(lambda p, group: p.grad.new_zeros((*p.grad.shape[:-1], 1)))),
+        "col_var": when(_factored, other(lambda p, group: p.grad.new_zeros((*p.grad.shape[:-2], 1, p.grad.shape[-1])))),
+        "variance": when(
+            lambda p, group: not _factored(p, group),
+            like(lambda p, group: torch.zeros_like(p.grad, memory_format=torch.preserve_format)),
+        ),
+    },
+    complex=False,
+)  # fmt: skip
 def adafactor_(
     param: Tensor,
     grad: Tensor,
@@ -20,8 +36,7 @@ def adafactor_(
     *,
     lr: float | Tensor,
     beta2_decay: float,
-    eps1: float | None,
-    eps2: float,
+    eps: tuple[float | None, float],
     d: float,
     weight_decay: float,
     maximize: bool,
@@ -45,6 +60,7 @@ def adafactor_(
     gradient's shape with the last, resp. second-to-last, dimension reduced to 1), else
     ``variance`` (V).
     """
+    eps1, eps2 = eps
     if maximize:
         grad = -grad
     if eps1 is None:
@@ -103,7 +119,14 @@ class Adafactor(Optimizer):
     ``variance`` (0 or 1 dimension).
     """
 
-    _param_shaped_state = ("variance",)
+    rule = adafactor_
+    lab_lr = 0.05
+    configs = (
+        {}, {"lr": 0.05}, {"lr": torch.tensor(0.01)}, {"weight_decay": 0.1, "lr": 0.01},
+        {"weight_decay": 0.1, "maximize": True}, {"beta2_decay": -1.0}, {"beta2_decay": -0.5, "d": 1.5},
+        {"eps": (1e-30, 1e-2)}, {"eps": (0.5, 0.0), "lr": 0.5}, {"d": 4.0, "lr": 1.0, "weight_decay": 0.01},
+        {"foreach": False, "maximize": True},
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -137,8 +160,6 @@ class Adafactor(Optimizer):
         )  # fmt: skip
         super().__init__(params, defaults)
 
-    _rule = staticmethod(adafactor_)
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
@@ -153,24 +174,12 @@ class Adafactor(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("Adafactor does not support sparse gradients")
 
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        grad = p.grad  # torch shapes the state after the gradient
-        state: dict[str, Any] = {"step": _step_tensor(p, group)}
-        if grad.dim() > 1:
-            state["row_var"] = grad.new_zeros((*grad.shape[:-1], 1))
-            state["col_var"] = grad.new_zeros((*grad.shape[:-2], 1, grad.shape[-1]))
-        else:
-            state["variance"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-        return state
-
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        eps1, eps2 = group["eps"]
+        hyper = super()._hyper(group)
+        eps1, eps2 = hyper["eps"]
         if eps1 is None:
             # torch resolves eps1=None from the group's *first* parameter with a gradient and
             # then uses that value for the whole group (it matters for mixed-dtype groups).
             first = next(p for p in group["params"] if p.grad is not None)
-            eps1 = torch.finfo(first.dtype).eps
-        return dict(
-            lr=to_scalar(group["lr"]), beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2,
-            d=group["d"], weight_decay=group["weight_decay"], maximize=group["maximize"],
-        )  # fmt: skip
+            hyper["eps"] = (torch.finfo(first.dtype).eps, eps2)
+        return hyper

@@ -7,24 +7,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import (
-    add_scaled,
-    as_real,
-    check_compile,
-    check_impl_flags,
-    check_lr,
-    check_nonneg,
-    differentiating,
-    item,
-    taken,
-    to_scalar,
-)
-from ..execution.fused import FusedSupport
-from ..optimizer import Optimizer, _step_tensor
+from ..ops import add_scaled, as_real, differentiating, item, taken
+from ..optimizer import Optimizer
+from ..rule import full, rule, step
+from ._checks import check_impl_flags, check_lr, check_nonneg
 
 __all__ = ["Adagrad", "adagrad_"]
 
 
+def _initial_sum(p: Tensor, group: dict[str, Any]) -> Any:
+    init = group["initial_accumulator_value"]
+    return complex(init, init) if p.is_complex() else init
+
+
+@rule(state={"step": step, "sum": full(_initial_sum)}, elementwise=True, sparse="yes", fused="adagrad")
 def adagrad_(
     param: Tensor,
     grad: Tensor,
@@ -71,7 +67,7 @@ def adagrad_(
         param.addcdiv_(grad, std, value=-clr)
 
 
-class Adagrad(FusedSupport, Optimizer):
+class Adagrad(Optimizer):
     r"""Adagrad, exactly as ``torch.optim.Adagrad`` (sparse gradients included).
 
     Args:
@@ -87,9 +83,13 @@ class Adagrad(FusedSupport, Optimizer):
     State per parameter (created at construction, as in torch): ``step``, ``sum``.
     """
 
-    _param_shaped_state = ("sum",)
-    _elementwise = True
-    _fused_kernel = "adagrad"
+    rule = adagrad_
+    lab_lr = 0.1
+    configs = (
+        {}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True}, {"lr": 0.1},
+        {"initial_accumulator_value": 0.1, "weight_decay": 0.1},
+        {"lr": 0.1, "lr_decay": 0.5, "weight_decay": 0.1}, {"lr": torch.tensor(0.01)}, {"eps": 1e-3},
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -116,29 +116,12 @@ class Adagrad(FusedSupport, Optimizer):
             initial_accumulator_value=initial_accumulator_value, foreach=foreach,
             maximize=maximize, differentiable=differentiable, fused=fused,
         )  # fmt: skip
-        self._compile = check_compile(compile, fused, differentiable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, compile=compile)
         check_impl_flags(foreach, fused, differentiable)
-        # torch creates Adagrad's state eagerly for the parameters given at construction
-        # (groups added later get theirs at their first step).
+        # torch creates Adagrad's state eagerly for the parameters given at construction, from
+        # the constructor's initial value for every group (groups added later get theirs at
+        # their first step, from the group's value).
+        eager = {"initial_accumulator_value": initial_accumulator_value}
         for group in self.param_groups:
             for p in group["params"]:
-                self.state[p] = self._init_state(p, group)
-
-    _rule = staticmethod(adagrad_)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        # torch reads the accumulator's start from the optimizer defaults, not the group.
-        init = self.defaults["initial_accumulator_value"]
-        if torch.is_complex(p):
-            init = complex(init, init)
-        return {
-            "step": _step_tensor(p, group),
-            "sum": torch.full_like(p, init, memory_format=torch.preserve_format),
-        }
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            lr=to_scalar(group["lr"]), lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
-            eps=group["eps"], maximize=group["maximize"],
-        )  # fmt: skip
+                self.state[p] = self.rule.init_state(p, {**group, **eager})

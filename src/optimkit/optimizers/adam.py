@@ -7,33 +7,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import (
-    add_scaled,
-    as_real,
-    check_betas,
-    check_compile,
-    check_impl_flags,
-    check_lr,
-    check_nonneg,
-    differentiating,
-    item,
-    taken,
-    to_scalar,
-)
-from ..execution.fused import FusedSupport
-from ..optimizer import Optimizer, _step_tensor
+from ..ops import as_real, differentiating, item, to_scalar
+from ..optimizer import Optimizer
+from ..rule import rule, step, when, zeros
+from ..transforms import decay_weights, running_max
+from ._checks import check_betas, check_impl_flags, check_lr, check_nonneg
 
 __all__ = ["Adam", "AdamW", "adam_"]
 
 
+@rule(
+    state={"step": step, "exp_avg": zeros, "exp_avg_sq": zeros, "max_exp_avg_sq": when("amsgrad", zeros)},
+    elementwise=True, fused="adam",
+)  # fmt: skip
 def adam_(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
     lr: float | Tensor,
-    beta1: float | Tensor,
-    beta2: float | Tensor,
+    betas: tuple[float | Tensor, float | Tensor],
     eps: float,
     weight_decay: float,
     amsgrad: bool,
@@ -53,15 +46,12 @@ def adam_(
 
     State: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (amsgrad).
     """
+    beta1, beta2 = betas
     if maximize:
         grad = -grad
     step_t = state["step"]
     step_t += 1
-    if taken(weight_decay != 0):
-        if decoupled_weight_decay:
-            param.mul_(1 - lr * weight_decay)
-        else:
-            grad = add_scaled(grad, param, weight_decay)
+    grad = decay_weights(param, grad, lr=lr, weight_decay=weight_decay, decoupled=decoupled_weight_decay)
     param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq = as_real(
         param, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq")
     )
@@ -76,16 +66,12 @@ def adam_(
     step_size = lr / bias_correction1
     bias_correction2_sqrt = bias_correction2**0.5
     if amsgrad:
-        if differentiating():
-            max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.clone(), exp_avg_sq))
-        else:
-            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        exp_avg_sq = max_exp_avg_sq
+        exp_avg_sq = running_max(max_exp_avg_sq, exp_avg_sq)
     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     param.addcdiv_(exp_avg.clone() if differentiating() else exp_avg, denom, value=-step_size)
 
 
-class Adam(FusedSupport, Optimizer):
+class Adam(Optimizer):
     r"""Adam, exactly as ``torch.optim.Adam``; ``decoupled_weight_decay=True`` is AdamW.
 
     Args:
@@ -103,10 +89,15 @@ class Adam(FusedSupport, Optimizer):
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
     """
 
-    _param_shaped_state = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    _elementwise = True
+    rule = adam_
     _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
-    _fused_kernel = "adam"
+    lab_lr = 0.01
+    configs = (
+        {}, {"lr": 0.01}, {"lr": torch.tensor(0.01)}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True},
+        {"weight_decay": 0.1, "amsgrad": True}, {"betas": (0.8, 0.9), "eps": 1e-6},
+        {"betas": (torch.tensor(0.8), torch.tensor(0.9))}, {"weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"amsgrad": True, "maximize": True, "lr": torch.tensor(0.02)},
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -153,29 +144,8 @@ class Adam(FusedSupport, Optimizer):
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
-        self._compile = check_compile(compile, fused, differentiable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, compile=compile)
         check_impl_flags(foreach, fused, differentiable)
-
-    _rule = staticmethod(adam_)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        state = {
-            "step": _step_tensor(p, group),
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-        if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return dict(
-            lr=to_scalar(group["lr"]), beta1=to_scalar(beta1), beta2=to_scalar(beta2),
-            eps=group["eps"], weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
-            maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"],
-        )  # fmt: skip
 
 
 class AdamW(Adam):
@@ -206,6 +176,11 @@ class AdamW(Adam):
             capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=True, compile=compile,
         )  # fmt: skip
+
+    configs = (
+        {}, {"lr": 0.01}, {"weight_decay": 0.1, "maximize": True}, {"weight_decay": 0.1, "amsgrad": True},
+        {"lr": torch.tensor(0.01), "betas": (0.8, 0.95)},
+    )  # fmt: skip
 
     def _normalize_group(self, group: dict[str, Any]) -> None:
         group["decoupled_weight_decay"] = True

@@ -7,31 +7,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import (
-    add_scaled,
-    as_real,
-    check_betas,
-    check_compile,
-    check_lr,
-    check_nonneg,
-    differentiating,
-    item,
-    taken,
-    to_scalar,
-)
-from ..optimizer import Optimizer, _step_tensor
+from ..ops import as_real, differentiating, item
+from ..optimizer import Optimizer
+from ..rule import rule, step, zeros
+from ..transforms import decay_weights
+from ._checks import check_betas, check_lr, check_nonneg
 
 __all__ = ["Adamax", "adamax_"]
 
 
+@rule(state={"step": step, "exp_avg": zeros, "exp_inf": zeros}, elementwise=True)
 def adamax_(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
     lr: float | Tensor,
-    beta1: float,
-    beta2: float,
+    betas: tuple[float, float],
     eps: float,
     weight_decay: float,
     maximize: bool,
@@ -46,12 +38,12 @@ def adamax_(
 
     State: ``step``, ``exp_avg`` (m), ``exp_inf`` (u).
     """
+    beta1, beta2 = betas
     if maximize:
         grad = -grad
     step_t = state["step"]
     step_t += 1
-    if taken(weight_decay != 0):
-        grad = add_scaled(grad, param, weight_decay)
+    grad = decay_weights(param, grad, lr=lr, weight_decay=weight_decay)
     param, grad, exp_avg, exp_inf = as_real(param, grad, state["exp_avg"], state["exp_inf"])
 
     exp_avg.lerp_(grad, 1 - beta1)
@@ -84,8 +76,13 @@ class Adamax(Optimizer):
     State per parameter: ``step``, ``exp_avg``, ``exp_inf``.
     """
 
-    _param_shaped_state = ("exp_avg", "exp_inf")
-    _elementwise = True
+    rule = adamax_
+    lab_lr = 0.02
+    configs = (
+        {}, {"lr": 0.1}, {"lr": torch.tensor(0.01)}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True},
+        {"betas": (0.8, 0.9), "eps": 1e-6}, {"betas": (0.5, 0.6), "eps": 0.5, "lr": torch.tensor(0.05)},
+    )  # fmt: skip
+
     _sparse_error = "Adamax does not support sparse gradients"
 
     def __init__(
@@ -110,21 +107,4 @@ class Adamax(Optimizer):
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
             maximize=maximize, differentiable=differentiable, capturable=capturable,
         )  # fmt: skip
-        self._compile = check_compile(compile, None, differentiable)
-        super().__init__(params, defaults)
-
-    _rule = staticmethod(adamax_)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "step": _step_tensor(p, group),
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_inf": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return dict(
-            lr=to_scalar(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-            weight_decay=group["weight_decay"], maximize=group["maximize"],
-        )  # fmt: skip
+        super().__init__(params, defaults, compile=compile)

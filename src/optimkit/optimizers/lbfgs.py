@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import to_scalar
 from ..execution import sharded as dtensor
+from ..ops import to_scalar
 from ..optimizer import Optimizer
+from ..rule import Capabilities
 
 __all__ = ["LBFGS"]
 
@@ -185,6 +186,18 @@ class LBFGS(Optimizer):
     :math:`y` and :math:`s` history), ``ro`` (:math:`1/y^\top s`), ``H_diag`` (initial Hessian
     scale), ``prev_flat_grad``, ``prev_loss``, ``al`` (two-loop workspace).
     """
+
+    # No per-tensor rule: the step works on all parameters at once, with a closure.
+    capabilities = Capabilities(closure=True)
+    lab_lr = 1.0
+    configs = (
+        {}, {"lr": 0.1}, {"lr": torch.tensor(0.5)}, {"line_search_fn": "strong_wolfe"},
+        {"line_search_fn": "strong_wolfe", "history_size": 2, "max_iter": 6},
+        {"line_search_fn": "strong_wolfe", "lr": torch.tensor(0.3), "max_eval": 7, "tolerance_change": 1e-4},
+        {"history_size": 3, "max_iter": 7, "max_eval": 9, "lr": 0.5},
+        {"tolerance_grad": 1e-3, "tolerance_change": 1e-4}, {"max_iter": 1},
+        {"line_search_fn": "strong_wolfe", "max_iter": 1},
+    )  # fmt: skip
 
     def __init__(
         self,

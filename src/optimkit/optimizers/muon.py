@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import to_scalar
 from ..optimizer import Optimizer
+from ..rule import like, rule
 
 __all__ = ["Muon", "muon_", "zeropower_via_newtonschulz"]
 
@@ -66,6 +66,11 @@ def adjusted_lr(lr: float | Tensor, adjust_lr_fn: str | None, shape: torch.Size)
     return lr * ratio
 
 
+# torch shapes the buffer after the gradient.
+@rule(
+    state={"momentum_buffer": like(lambda p, group: torch.zeros_like(p.grad, memory_format=torch.preserve_format))},
+    complex=False, matrix_only=True,
+)  # fmt: skip
 def muon_(
     param: Tensor,
     grad: Tensor,
@@ -124,7 +129,14 @@ class Muon(Optimizer):
     State per parameter: ``momentum_buffer``.
     """
 
-    _param_shaped_state = ("momentum_buffer",)
+    rule = muon_
+    lab_lr = 0.02
+    configs = (
+        {}, {"lr": 0.02}, {"lr": torch.tensor(0.01)}, {"nesterov": False}, {"adjust_lr_fn": "original"},
+        {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.01}, {"ns_steps": 3, "momentum": 0.8},
+        {"weight_decay": 0.0, "nesterov": False, "momentum": 0.0},
+        {"ns_coefficients": (3.4, -4.7, 2.0), "eps": 1e-3, "ns_steps": 6},
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -161,8 +173,6 @@ class Muon(Optimizer):
                         f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()}"
                     )
 
-    _rule = staticmethod(muon_)
-
     def _check_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
         super()._check_group(group, params)
         # torch's checks, in its order (complex before sparse, parameter by parameter).
@@ -177,13 +187,3 @@ class Muon(Optimizer):
             if p.grad.ndim != 2:
                 raise ValueError("Param gradient must be a 2D matrix")
             _check_ns_args(p.grad, group["ns_coefficients"], group["ns_steps"])
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {"momentum_buffer": torch.zeros_like(p.grad, memory_format=torch.preserve_format)}
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            lr=to_scalar(group["lr"]), weight_decay=group["weight_decay"], momentum=group["momentum"],
-            nesterov=group["nesterov"], ns_coefficients=group["ns_coefficients"], eps=group["eps"],
-            ns_steps=group["ns_steps"], adjust_lr_fn=group["adjust_lr_fn"],
-        )  # fmt: skip

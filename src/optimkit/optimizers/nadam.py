@@ -7,31 +7,32 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import (
-    add_scaled,
-    as_real,
-    check_betas,
-    check_compile,
-    check_lr,
-    check_nonneg,
-    differentiating,
-    item,
-    taken,
-    to_scalar,
-)
-from ..optimizer import Optimizer, _scalar_dtype, _step_tensor
+from ..ops import as_real, differentiating, item
+from ..optimizer import Optimizer
+from ..rule import rule, scalar, step, step_tensor, zeros
+from ..transforms import decay_weights
+from ._checks import check_betas, check_lr, check_nonneg
 
 __all__ = ["NAdam", "nadam_"]
 
 
+# ``mu_product`` (the product of the momentum schedule) is scalar state: on load it keeps its saved
+# dtype -- torch casts it to a float64 parameter's dtype, so a resumed torch run drifts from an
+# uninterrupted one; optimkit's resumes exactly.
+@rule(
+    state={
+        "step": step, "mu_product": scalar(lambda p, group: step_tensor(p, group, 1.0)),
+        "exp_avg": zeros, "exp_avg_sq": zeros,
+    },
+    elementwise=True,
+)  # fmt: skip
 def nadam_(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
     lr: float | Tensor,
-    beta1: float,
-    beta2: float,
+    betas: tuple[float, float],
     eps: float,
     weight_decay: float,
     momentum_decay: float,
@@ -55,6 +56,7 @@ def nadam_(
     State: ``step``, ``mu_product`` (:math:`\Pi`, a scalar tensor), ``exp_avg`` (m),
     ``exp_avg_sq`` (v). :math:`\psi` is ``momentum_decay``.
     """
+    beta1, beta2 = betas
     if maximize:
         grad = -grad
     # NAdam views complex tensors as real *before* the weight decay (Adam does it after).
@@ -65,11 +67,7 @@ def nadam_(
     step = item(step_t)
 
     bias_correction2 = 1 - beta2**step
-    if taken(weight_decay != 0):
-        if decoupled_weight_decay:
-            param.mul_(1 - lr * weight_decay)
-        else:
-            grad = add_scaled(grad, param, weight_decay)
+    grad = decay_weights(param, grad, lr=lr, weight_decay=weight_decay, decoupled=decoupled_weight_decay)
 
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
@@ -112,12 +110,18 @@ class NAdam(Optimizer):
     ``exp_avg``, ``exp_avg_sq``.
     """
 
-    _param_shaped_state = ("exp_avg", "exp_avg_sq")
-    _elementwise = True
+    rule = nadam_
+    lab_lr = 0.01
+    configs = (
+        {}, {"lr": 1e-3}, {"lr": torch.tensor(0.01)}, {"momentum_decay": 6e-3}, {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "momentum_decay": 6e-3, "decoupled_weight_decay": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "lr": torch.tensor(0.01), "maximize": True},
+        {"weight_decay": 0.1, "maximize": True}, {"betas": (0.8, 0.9), "eps": 1e-6, "momentum_decay": 0.5},
+    )  # fmt: skip
+
     _capturable_tensors = "params, mu_products and state_steps"
     # torch casts mu_product to a float64 parameter's dtype on load, so a resumed torch run
     # drifts from an uninterrupted one; keeping the saved dtype resumes exactly.
-    _scalar_state = ("step", "mu_product")
     _sparse_error = "NAdam does not support sparse gradients"
 
     def __init__(
@@ -146,30 +150,4 @@ class NAdam(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach,
             capturable=capturable, differentiable=differentiable,
         )  # fmt: skip
-        self._compile = check_compile(compile, None, differentiable)
-        super().__init__(params, defaults)
-
-    _rule = staticmethod(nadam_)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "step": _step_tensor(p, group),
-            "mu_product": _step_tensor(p, group, 1.0),  # same dtype and device as the step
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return dict(
-            lr=to_scalar(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-            weight_decay=group["weight_decay"], momentum_decay=group["momentum_decay"],
-            decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"],
-        )  # fmt: skip
-
-    def _cast_state(self, param: Tensor, value: Any, group: dict[str, Any], key: Any = None) -> Any:
-        # Old state dicts stored mu_product as a number; torch converts it to a scalar tensor.
-        if key == "mu_product" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            device = param.device if group.get("capturable") else "cpu"
-            return torch.tensor(float(value), dtype=_scalar_dtype(), device=device)
-        return super()._cast_state(param, value, group, key)
+        super().__init__(params, defaults, compile=compile)

@@ -7,32 +7,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import (
-    add_scaled,
-    as_real,
-    check_betas,
-    check_compile,
-    check_lr,
-    check_nonneg,
-    differentiating,
-    item,
-    select,
-    taken,
-    to_scalar,
-)
-from ..optimizer import Optimizer, _step_tensor
+from ..ops import as_real, differentiating, item, select
+from ..optimizer import Optimizer
+from ..rule import rule, step, zeros
+from ..transforms import decay_weights
+from ._checks import check_betas, check_lr, check_nonneg
 
 __all__ = ["RAdam", "radam_"]
 
 
+@rule(state={"step": step, "exp_avg": zeros, "exp_avg_sq": zeros}, elementwise=True)
 def radam_(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
     lr: float | Tensor,
-    beta1: float,
-    beta2: float,
+    betas: tuple[float, float],
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
@@ -54,6 +45,7 @@ def radam_(
 
     State: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v).
     """
+    beta1, beta2 = betas
     if maximize:
         grad = -grad
     param, grad, exp_avg, exp_avg_sq = as_real(param, grad, state["exp_avg"], state["exp_avg_sq"])
@@ -61,11 +53,7 @@ def radam_(
     step_t += 1
     step = item(step_t)
 
-    if taken(weight_decay != 0):
-        if decoupled_weight_decay:
-            param.mul_(1 - lr * weight_decay)
-        else:
-            grad = add_scaled(grad, param, weight_decay)
+    grad = decay_weights(param, grad, lr=lr, weight_decay=weight_decay, decoupled=decoupled_weight_decay)
 
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -110,8 +98,15 @@ class RAdam(Optimizer):
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``.
     """
 
-    _param_shaped_state = ("exp_avg", "exp_avg_sq")
-    _elementwise = True
+    rule = radam_
+    lab_lr = 0.01
+    configs = (
+        {}, {"lr": 2e-3}, {"lr": torch.tensor(0.01)}, {"eps": 1e-6}, {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True}, {"weight_decay": 0.1, "maximize": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "lr": torch.tensor(0.02), "maximize": True},
+        {"betas": (0.8, 0.9), "lr": 0.05},
+    )  # fmt: skip
+
     _sparse_error = "RAdam does not support sparse gradients"
 
     def __init__(
@@ -138,22 +133,4 @@ class RAdam(Optimizer):
             foreach=foreach, capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
             differentiable=differentiable,
         )  # fmt: skip
-        self._compile = check_compile(compile, None, differentiable)
-        super().__init__(params, defaults)
-
-    _rule = staticmethod(radam_)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "step": _step_tensor(p, group),
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return dict(
-            lr=to_scalar(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-            weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
-        )  # fmt: skip
+        super().__init__(params, defaults, compile=compile)

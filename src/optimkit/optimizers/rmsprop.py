@@ -7,21 +7,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import (
-    add_scaled,
-    as_real,
-    check_compile,
-    check_lr,
-    check_nonneg,
-    differentiating,
-    taken,
-    to_scalar,
-)
-from ..optimizer import Optimizer, _step_tensor
+from ..ops import as_real, differentiating, taken
+from ..optimizer import Optimizer
+from ..rule import rule, step, when, zeros
+from ..transforms import decay_weights
+from ._checks import check_lr, check_nonneg
 
 __all__ = ["RMSprop", "rmsprop_"]
 
 
+@rule(
+    state={
+        "step": step, "square_avg": zeros,
+        "momentum_buffer": when(lambda p, group: group["momentum"] > 0, zeros),
+        "grad_avg": when("centered", zeros),
+    },
+    elementwise=True,
+)  # fmt: skip
 def rmsprop_(
     param: Tensor,
     grad: Tensor,
@@ -52,8 +54,7 @@ def rmsprop_(
     if maximize:
         grad = -grad
     state["step"] += 1
-    if taken(weight_decay != 0):
-        grad = add_scaled(grad, param, weight_decay)
+    grad = decay_weights(param, grad, lr=lr, weight_decay=weight_decay)
     param, grad, square_avg = as_real(param, grad, state["square_avg"])
 
     square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
@@ -96,8 +97,15 @@ class RMSprop(Optimizer):
     ``grad_avg`` (centered).
     """
 
-    _param_shaped_state = ("square_avg", "momentum_buffer", "grad_avg")
-    _elementwise = True
+    rule = rmsprop_
+    lab_lr = 0.01
+    configs = (
+        {}, {"lr": 1e-3}, {"lr": torch.tensor(0.01)}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True},
+        {"centered": True}, {"momentum": 0.9}, {"alpha": 0.9, "eps": 1e-6},
+        {"centered": True, "momentum": 0.5, "weight_decay": 0.1, "maximize": True},
+        {"momentum": 0.5, "lr": torch.tensor(0.02), "centered": True},
+    )  # fmt: skip
+
     _sparse_error = "RMSprop does not support sparse gradients"
 
     def __init__(
@@ -126,25 +134,4 @@ class RMSprop(Optimizer):
             weight_decay=weight_decay, capturable=capturable, foreach=foreach,
             maximize=maximize, differentiable=differentiable,
         )  # fmt: skip
-        self._compile = check_compile(compile, None, differentiable)
-        super().__init__(params, defaults)
-
-    _rule = staticmethod(rmsprop_)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        state = {
-            "step": _step_tensor(p, group),
-            "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-        if group["momentum"] > 0:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if group["centered"]:
-            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            lr=to_scalar(group["lr"]), alpha=group["alpha"], eps=group["eps"],
-            weight_decay=group["weight_decay"], momentum=group["momentum"],
-            centered=group["centered"], maximize=group["maximize"],
-        )  # fmt: skip
+        super().__init__(params, defaults, compile=compile)

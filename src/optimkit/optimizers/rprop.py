@@ -7,21 +7,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import as_real, check_compile, check_lr, differentiating, to_scalar
-from ..optimizer import Optimizer, _step_tensor
+from ..ops import as_real, differentiating, to_scalar
+from ..optimizer import Optimizer
+from ..rule import like, rule, step, zeros
+from ._checks import check_lr
 
 __all__ = ["Rprop", "rprop_"]
 
 
+def _initial_step_size(p: Tensor, group: dict[str, Any]) -> Tensor:
+    # torch shapes it after the gradient; the learning rate only sets this initial value.
+    lr = group["lr"]
+    return torch.full_like(p.grad if p.grad is not None else p, complex(lr, lr) if p.is_complex() else to_scalar(lr))
+
+
+@rule(state={"step": step, "prev": zeros, "step_size": like(_initial_step_size)}, elementwise=True)
 def rprop_(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
-    etaminus: float,
-    etaplus: float,
-    step_size_min: float,
-    step_size_max: float,
+    etas: tuple[float, float],
+    step_sizes: tuple[float, float],
     maximize: bool,
 ) -> None:
     r"""One Rprop step on ``param`` (in place). Only the gradient's sign is used.
@@ -37,6 +44,7 @@ def rprop_(
     State: ``step``, ``prev`` (:math:`g_{prev}`), ``step_size`` (:math:`\eta`, per element).
     The learning rate only sets the initial ``step_size``.
     """
+    (etaminus, etaplus), (step_size_min, step_size_max) = etas, step_sizes
     if maximize:
         grad = -grad
     state["step"] += 1
@@ -79,8 +87,14 @@ class Rprop(Optimizer):
     State per parameter: ``step``, ``prev``, ``step_size``.
     """
 
-    _param_shaped_state = ("prev", "step_size")
-    _elementwise = True
+    rule = rprop_
+    lab_lr = 0.01
+    configs = (
+        {}, {"lr": 2e-4}, {"lr": torch.tensor(0.01)}, {"etas": (0.3, 1.5)}, {"step_sizes": (2e-6, 100)},
+        {"step_sizes": (5e-3, 2e-2)}, {"maximize": True},
+        {"lr": torch.tensor(0.05), "etas": (0.4, 1.1), "step_sizes": (1e-3, 0.1), "maximize": True},
+    )  # fmt: skip
+
     _sparse_error = "Rprop does not support sparse gradients"
 
     def __init__(
@@ -103,26 +117,4 @@ class Rprop(Optimizer):
             lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize,
             differentiable=differentiable, capturable=capturable,
         )  # fmt: skip
-        self._compile = check_compile(compile, None, differentiable)
-        super().__init__(params, defaults)
-
-    _rule = staticmethod(rprop_)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        lr = group["lr"]
-        # The imaginary parts get a step size of their own, equal to the real parts'.
-        init = complex(lr, lr) if p.is_complex() else to_scalar(lr)
-        return {
-            "step": _step_tensor(p, group),
-            "prev": torch.zeros_like(p, memory_format=torch.preserve_format),
-            # torch shapes the step sizes like the gradient (its strides, should they differ).
-            "step_size": torch.full_like(p.grad if p.grad is not None else p, init),
-        }
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        etaminus, etaplus = group["etas"]
-        step_size_min, step_size_max = group["step_sizes"]
-        return dict(
-            etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
-            step_size_max=step_size_max, maximize=group["maximize"],
-        )  # fmt: skip
+        super().__init__(params, defaults, compile=compile)

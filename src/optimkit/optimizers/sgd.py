@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from .._common import add_scaled, check_compile, check_impl_flags, check_lr, check_nonneg, taken, to_scalar
-from ..execution.fused import FusedSupport
+from ..ops import add_scaled, taken
 from ..optimizer import Optimizer
+from ..rule import created, rule
+from ._checks import check_impl_flags, check_lr, check_nonneg
 
 __all__ = ["SGD", "sgd_"]
 
 
+# No chunks for big tensors: SGD makes no temporaries to keep in cache, chunks would only add
+# calls (measured on GPT-2 shapes: 15 ms whole vs 19 ms chunked).
+@rule(state={"momentum_buffer": created}, elementwise=True, sparse="yes", fused="sgd", chunk_big=False)
 def sgd_(
     param: Tensor,
     grad: Tensor,
@@ -56,7 +61,7 @@ def sgd_(
         param.add_(grad, alpha=-lr)
 
 
-class SGD(FusedSupport, Optimizer):
+class SGD(Optimizer):
     r"""Stochastic gradient descent (optionally with momentum), exactly as ``torch.optim.SGD``.
 
     Args:
@@ -72,10 +77,14 @@ class SGD(FusedSupport, Optimizer):
     State per parameter: ``momentum_buffer`` (only with momentum).
     """
 
-    _param_shaped_state = ("momentum_buffer",)
-    _elementwise = True
-    _chunk_big = False  # no temporaries to keep in cache: chunks would only add calls
-    _fused_kernel = "sgd"
+    rule = sgd_
+    lab_lr = 0.01
+    configs = (
+        {}, {"lr": 0.01}, {"lr": torch.tensor(0.01)}, {"weight_decay": 0.5}, {"momentum": 0.9},
+        {"weight_decay": 0.1, "maximize": True}, {"momentum": 0.9, "dampening": 0.5},
+        {"momentum": 0.9, "weight_decay": 0.1}, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+        {"momentum": 0.9, "maximize": True, "lr": 0.05},
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -103,16 +112,4 @@ class SGD(FusedSupport, Optimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_impl_flags(foreach, fused, differentiable)
-        self._compile = check_compile(compile, fused, differentiable)
-        super().__init__(params, defaults)
-
-    _rule = staticmethod(sgd_)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {}  # the momentum buffer is created by the rule from the first gradient
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            lr=to_scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
-            weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
-        )  # fmt: skip
+        super().__init__(params, defaults, compile=compile)

@@ -8,22 +8,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import check_betas, to_scalar
 from ..optimizer import Optimizer
+from ..rule import rule, scalar, zeros
+from ._checks import check_betas
 
 __all__ = ["SparseAdam", "sparse_adam_"]
 
 _DENSE_GRAD_ERROR = "SparseAdam does not support dense gradients, please consider Adam instead"
 
 
+# torch keeps SparseAdam's step a Python int.
+@rule(state={"step": scalar(lambda p, group: 0), "exp_avg": zeros, "exp_avg_sq": zeros}, sparse="only", complex=False)
 def sparse_adam_(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
     lr: float | Tensor,
-    beta1: float,
-    beta2: float,
+    betas: tuple[float, float],
     eps: float,
     maximize: bool,
 ) -> None:
@@ -43,6 +45,7 @@ def sparse_adam_(
     """
     if not grad.is_sparse:
         raise RuntimeError(_DENSE_GRAD_ERROR)
+    beta1, beta2 = betas
     state["step"] += 1
     step = state["step"]
     if maximize:
@@ -90,7 +93,12 @@ class SparseAdam(Optimizer):
     State per parameter: ``step`` (Python int), ``exp_avg``, ``exp_avg_sq``.
     """
 
-    _param_shaped_state = ("exp_avg", "exp_avg_sq")
+    rule = sparse_adam_
+    lab_lr = 0.01
+    configs = (
+        {}, {"lr": 0.01}, {"lr": torch.tensor(0.01)}, {"maximize": True}, {"betas": (0.8, 0.9), "eps": 1e-6},
+        {"lr": 0.05, "betas": (0.5, 0.7), "maximize": True},
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -128,28 +136,9 @@ class SparseAdam(Optimizer):
                 f"Complex params at indices {complex_}: SparseAdam does not support complex parameters"
             )
 
-    _rule = staticmethod(sparse_adam_)
-
     def _check_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
         super()._check_group(group, params)
         # Raised before anything changes (torch raises mid-loop, after counting the steps of
         # the group's earlier parameters).
         if any(not p.grad.is_sparse for p in params):
             raise RuntimeError(_DENSE_GRAD_ERROR)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "step": 0,
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return dict(
-            lr=to_scalar(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-            maximize=group.get("maximize", False),
-        )  # fmt: skip
-
-    def _step_from_number(self, value: float, param: Tensor, group: dict[str, Any]) -> Any:
-        return value  # SparseAdam's step is a plain number, in torch too

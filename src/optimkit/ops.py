@@ -1,4 +1,13 @@
-"""Small helpers shared by the optimizer classes: torch's validation messages, tensor views."""
+"""The tensor operations update rules are written in, beyond torch's own.
+
+Two concerns, both about running *one* rule in every execution mode:
+
+* complex parameters are viewed as real pairs (``as_real``), and ``differentiable=True`` steps
+  avoid in-place updates of tensors autograd saved (``differentiating``);
+* under ``compile=True`` (:mod:`optimkit.execution.compiled`) the scalar math of a rule must stay
+  in the graph: ``item``, ``select``, ``at_least``, ``taken`` and ``add_scaled`` do exactly what
+  the plain Python does on the exact path, and keep 0-d tensors while torch.compile traces.
+"""
 
 from __future__ import annotations
 
@@ -7,65 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "check_lr",
-    "check_nonneg",
-    "check_betas",
-    "check_impl_flags",
-    "check_compile",
-    "as_real",
-    "to_scalar",
-    "differentiating",
-    "item",
-    "select",
-    "at_least",
-    "taken",
-    "add_scaled",
-]
-
-
-def check_lr(lr: float | torch.Tensor) -> None:
-    """torch's learning-rate checks (a tensor lr must hold one element)."""
-    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    if not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
-
-
-def check_nonneg(value: Any, what: str) -> None:
-    """Raise torch's ``Invalid <what>: <value>`` unless ``value >= 0``."""
-    if not 0.0 <= value:
-        raise ValueError(f"Invalid {what}: {value}")
-
-
-def check_betas(betas: tuple[Any, Any]) -> None:
-    for i in (0, 1):
-        if not 0.0 <= betas[i] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
-
-
-def check_impl_flags(foreach: bool | None, fused: bool | None, differentiable: bool) -> None:
-    """The combinations of implementation flags torch refuses."""
-    if fused:
-        if differentiable:
-            raise RuntimeError("`fused` does not support `differentiable`")
-        if foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-
-
-def check_compile(compile: bool, fused: bool | None = None, differentiable: bool = False) -> bool:
-    """Validate ``compile=True`` (see :mod:`optimkit.compiled`) against the other flags."""
-    if compile and fused:
-        raise ValueError(
-            "compile=True and fused=True cannot be used together: choose torch's fused kernel "
-            "(fused=True) or the compiled update rule (compile=True)"
-        )
-    if compile and differentiable:
-        raise ValueError(
-            "compile=True does not support differentiable=True: differentiate through the exact "
-            "path (compile=False)"
-        )
-    return bool(compile)
+__all__ = ["as_real", "to_scalar", "differentiating", "item", "select", "at_least", "taken", "add_scaled"]
 
 
 def as_real(*tensors: torch.Tensor | None) -> list[Any]:
@@ -95,7 +46,7 @@ def differentiating() -> bool:
 # A rule computes its step-dependent scalars (bias corrections, NAdam's momentum schedule,
 # ASGD's eta and mu) on the host, from ``.item()`` of a scalar state tensor: that is what torch's
 # for-loop does, and the exact path must keep its bits. Under ``torch.compile`` (``compile=True``,
-# see :mod:`optimkit.compiled`) ``.item()`` would end the graph, and a branch on its value would
+# see :mod:`optimkit.execution.compiled`) ``.item()`` would end the graph, and a branch on its value would
 # specialize it; hyperparameters come in as 0-d tensors there, so that a scheduler changing them
 # does not recompile. The helpers below do exactly what the plain Python did on the exact path;
 # only while torch.compile traces do they keep scalars 0-d tensors, so that the scalar math is
