@@ -40,12 +40,34 @@ from typing import Any
 
 import torch
 
-from . import file as ck
+from .format import (
+    CheckpointError,
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    check_data,
+    class_name,
+    describe_objects,
+    encode,
+    fsync_dir,
+    header_fields,
+    human_size,
+    load,
+    prepare_rng,
+    rng_state,
+    set_rng,
+    short,
+)
 
 __all__ = ["save", "restore", "checkpoints"]
 
 _SUFFIX = ".dcp"
 _META = "meta.ckpt"
+# Rank 0 chooses the checkpoint and sends the other ranks an error by its class's name.
+_ERRORS = {
+    cls.__name__: cls
+    for cls in (CheckpointError, CorruptCheckpointError, UnsafeCheckpointError, CheckpointMismatchError)
+}
 
 
 def _dist() -> Any:
@@ -103,8 +125,8 @@ def checkpoints(directory: Path) -> list[Path]:
 
 
 def _write(path: Path, payload: dict[str, Any]) -> None:
-    ck._check_data(payload, "")
-    header, body = ck._encode(payload)
+    check_data(payload, "")
+    header, body = encode(payload)
     with open(path, "wb") as f:
         f.write(header)
         f.write(body)
@@ -113,7 +135,7 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _payload(step: int, **fields: Any) -> dict[str, Any]:
-    return {**ck._header(step), **fields}
+    return {**header_fields(step), **fields}
 
 
 def _states(model: Any, optimizer: Any) -> dict[str, Any]:
@@ -148,13 +170,13 @@ def save(
     if states:
         with _quiet_single_process():
             dcp.save(states, storage_writer=dcp.FileSystemWriter(str(tmp), sync_files=True))
-    _write(tmp / f"rng-{rank}.ckpt", _payload(step, rng=ck._rng_state()))
+    _write(tmp / f"rng-{rank}.ckpt", _payload(step, rng=rng_state()))
     if rank == 0:
         meta = _payload(
             step, world_size=world, extra=extra, model=model is not None,
-            optimizer=None if optimizer is None else ck._class_name(optimizer),
-            scheduler=None if scheduler is None else {**ck._class_name(scheduler), "state_dict": scheduler.state_dict()},
-            scaler=None if scaler is None else {**ck._class_name(scaler), "state_dict": scaler.state_dict()},
+            optimizer=None if optimizer is None else class_name(optimizer),
+            scheduler=None if scheduler is None else {**class_name(scheduler), "state_dict": scheduler.state_dict()},
+            scaler=None if scaler is None else {**class_name(scaler), "state_dict": scaler.state_dict()},
         )  # fmt: skip
         _write(tmp / _META, meta)
     _barrier()  # every rank's files are on disk
@@ -162,7 +184,7 @@ def save(
         if final.exists():  # the same step saved again (a rolled-back run): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        ck._fsync_dir(directory)
+        fsync_dir(directory)
         _prune(directory, keep, step)
     _barrier()
     return final
@@ -183,19 +205,19 @@ def _choose(directory: Path, path: Any) -> tuple[Path | None, dict[str, Any] | N
     """(rank 0) The checkpoint to restore and its meta, or an error message."""
     if path is not None:
         try:
-            return Path(path), ck.load(Path(path) / _META), None
-        except ck.CheckpointError as e:
+            return Path(path), load(Path(path) / _META), None
+        except CheckpointError as e:
             return None, None, f"{type(e).__name__}: {e}"
     candidates = checkpoints(directory)[::-1]
     for candidate in candidates:
         try:
-            meta = ck.load(candidate / _META)
+            meta = load(candidate / _META)
             if meta.get("model") and not (candidate / ".metadata").exists():
-                raise ck.CorruptCheckpointError(f"{candidate} has no DCP .metadata")
+                raise CorruptCheckpointError(f"{candidate} has no DCP .metadata")
             return candidate, meta, None
-        except ck.UnsafeCheckpointError as e:
+        except UnsafeCheckpointError as e:
             return None, None, f"UnsafeCheckpointError: {e}"
-        except ck.CorruptCheckpointError as e:
+        except CorruptCheckpointError as e:
             warnings.warn(f"{e}; falling back to the previous checkpoint", stacklevel=3)
     if candidates:
         return None, None, f"CorruptCheckpointError: no valid checkpoint in {directory}: all {len(candidates)} are damaged"
@@ -212,7 +234,7 @@ def _check_fit(meta: dict[str, Any], path: Path, objects: dict[str, Any]) -> Non
         if obj is not None and saved and saved["class"] != type(obj).__qualname__:
             problems.append(f"checkpoint holds {key} {saved['class']}, {key} is {type(obj).__qualname__}")
     if problems:
-        raise ck.CheckpointMismatchError(
+        raise CheckpointMismatchError(
             f"checkpoint {path} (step {meta['step']}) does not fit, nothing was restored:\n  - "
             + "\n  - ".join(problems)
         )
@@ -240,7 +262,7 @@ def restore(
     chosen, meta, error = _broadcast(_choose(directory, path) if rank == 0 else None)
     if error is not None:
         kind, _, message = error.partition(": ")
-        raise getattr(ck, kind, ck.CheckpointError)(message)
+        raise _ERRORS.get(kind, CheckpointError)(message)
     if chosen is None:
         return None, None, None
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
@@ -259,11 +281,11 @@ def restore(
     except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
         if fresh:
             optimizer.state.clear()
-        raise ck.CheckpointMismatchError(
+        raise CheckpointMismatchError(
             f"checkpoint {chosen} (step {meta['step']}) does not fit, nothing was restored: {_reason(e)}"
         ) from e
     rng_path = chosen / f"rng-{rank}.ckpt"
-    rng = ck._prepare_rng(ck.load(rng_path)["rng"]) if rng_path.exists() else None
+    rng = prepare_rng(load(rng_path)["rng"]) if rng_path.exists() else None
 
     if model is not None:
         set_state_dict(
@@ -274,7 +296,7 @@ def restore(
         if obj is not None:
             obj.load_state_dict(meta[key]["state_dict"])
     if rng is not None:
-        ck._set_rng(rng)
+        set_rng(rng)
     else:
         warnings.warn(
             f"checkpoint {chosen} was saved by {meta.get('world_size')} ranks and holds no RNG state "
@@ -288,12 +310,12 @@ def describe(path: Path) -> str:
     """What ``optimkit ckpt show`` prints for a distributed checkpoint directory."""
     import torch.distributed.checkpoint as dcp
 
-    meta = ck.load(path / _META)
+    meta = load(path / _META)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(meta.get("saved_at", 0)))
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     lines = [
-        f"distributed checkpoint {path} ({ck._size(size)}, saved by {meta.get('world_size')} rank(s))",
+        f"distributed checkpoint {path} ({human_size(size)}, saved by {meta.get('world_size')} rank(s))",
         f"step: {meta['step']}  (saved {saved}; {versions})",
     ]
     if (path / ".metadata").exists():
@@ -306,10 +328,10 @@ def describe(path: Path) -> str:
                 lines.append(f"{prefix}: {len(keys)} entries, {numel:,} elements (global shapes)")
     if meta.get("optimizer"):
         lines.append(f"optimizer class: {meta['optimizer']['module']}.{meta['optimizer']['class']}")
-    lines += ck._describe_objects(meta)
+    lines += describe_objects(meta)
     ranks = sorted(int(f.name[4:-5]) for f in path.glob("rng-*.ckpt"))
     lines.append(f"rng: per rank, ranks {ranks}")
     extra = meta.get("extra")
     if extra is not None:
-        lines.append("extra: " + (", ".join(f"{k}={ck._short(v)}" for k, v in extra.items()) or "{}"))
+        lines.append("extra: " + (", ".join(f"{k}={short(v)}" for k, v in extra.items()) or "{}"))
     return "\n".join(lines)
