@@ -14,7 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook as torch_reg
 
 import optimkit
 from harness import assert_same
-from optimkit.registry import REGISTRY
+from optimkit.registry import REGISTRY, OptimizerSpec
 
 
 def _params(n=2):
@@ -344,6 +344,11 @@ def test_registry_capabilities_are_the_classes(name):
     assert spec.cls.rule is None or spec.caps is spec.cls.rule.caps
     assert spec.fused == (spec.caps.fused is not None)
     assert spec.configs is spec.cls.configs and spec.lab_lr == spec.cls.lab_lr
+
+
+def test_a_spec_can_describe_a_class_that_declares_nothing():
+    spec = OptimizerSpec("t_lbfgs", torch.optim.LBFGS, configs=({},), lab_lr=1.0, closure=True)
+    assert spec.closure and not spec.elementwise and spec.lab_lr == 1.0 and not spec.fused
 
 
 def test_registry_lists_every_exported_optimizer():

@@ -9,47 +9,49 @@ export line; it appears here by itself.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from . import optimizers
+from .rule import Capabilities
 
 __all__ = ["OptimizerSpec", "REGISTRY", "get_spec", "create_optimizer", "names"]
 
 
-@dataclass(frozen=True)
 class OptimizerSpec:
     """What the project knows about one optimizer, read from its class.
 
     Attributes:
         name: registry key (the class name in lower case, e.g. ``"adamw"``).
-        cls: the optimkit class.
+        cls: the optimizer class.
         configs: constructor keyword arguments that together exercise every option; the
             exactness table runs each against the oracle (the first one is the default).
         lab_lr: a learning rate that works on small problems (the lab's starting point).
-        closure, complex, sparse, matrix_only, elementwise: the capabilities the class
-            declares (see :class:`optimkit.rule.Capabilities`); ``fused``: whether it accepts
-            ``fused=True`` (torch has a fused kernel for its rule).
+        caps: the capabilities (:class:`optimkit.rule.Capabilities`); ``closure``,
+            ``complex``, ``sparse``, ``matrix_only``, ``elementwise`` and ``fused`` (whether
+            it accepts ``fused=True``) read them.
+
+    Everything is the class's own declaration. A class that declares nothing (torch's own,
+    or a third party's) can be described by passing ``configs``, ``lab_lr`` and
+    capabilities as keywords: ``OptimizerSpec("t_lbfgs", torch.optim.LBFGS, closure=True)``.
     """
 
-    name: str
-    cls: type
+    def __init__(self, name: str, cls: type, *, configs: tuple[dict[str, Any], ...] | None = None,
+                 lab_lr: float | None = None, **caps: Any) -> None:  # fmt: skip
+        self.name, self.cls = name, cls
+        self.configs = configs if configs is not None else getattr(cls, "configs", ({},))
+        self.lab_lr = lab_lr if lab_lr is not None else getattr(cls, "lab_lr", 1e-3)
+        declared = cls.caps() if isinstance(getattr(cls, "caps", None), Callable) else Capabilities()
+        if isinstance(caps.get("fused"), bool):  # a kernel's name, or None
+            caps["fused"] = name if caps["fused"] else None
+        self.caps = dataclasses.replace(declared, **caps) if caps else declared
 
-    @property
-    def caps(self) -> Any:
-        return self.cls.caps()
-
-    @property
-    def configs(self) -> tuple[dict[str, Any], ...]:
-        return self.cls.configs
-
-    @property
-    def lab_lr(self) -> float:
-        return self.cls.lab_lr
+    def __repr__(self) -> str:
+        return f"OptimizerSpec({self.name!r}, {self.cls.__qualname__})"
 
     @property
     def closure(self) -> bool:

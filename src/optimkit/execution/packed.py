@@ -307,14 +307,16 @@ class Packed:
         rest = [params[i] for i in layout.rest]
         states = job.states(rest)
         one = functools.partial(run_one, run, rule, hyper, chunked)
-        for i, p, st in zip(layout.rest, rest, states):
-            if type(p) in _PLAIN:
-                one(p, grads[i], st)
-            elif sharded.is_dtensor(p):  # sharded: the same rule on the local shards
-                sharded.step_local(one, p, grads[i], st)
-            else:
-                run(p, grads[i], st, **hyper)
-        store.commit(rest, states)
+        try:
+            for i, p, st in zip(layout.rest, rest, states):
+                if type(p) in _PLAIN:
+                    one(p, grads[i], st)
+                elif sharded.is_dtensor(p):  # sharded: the same rule on the local shards
+                    sharded.step_local(one, p, grads[i], st)
+                else:
+                    run(p, grads[i], st, **hyper)
+        finally:  # a rule raising midway: no parameter moved without its state
+            store.commit(rest, states)
         for pack in layout.packs:
             _run_pack(run, store, pack, [grads[i] for i in pack.index], hyper)
 

@@ -21,9 +21,13 @@ class PerTensor:
     def step(self, job: Job) -> None:
         fn, hyper = job.rule.fn, job.hyper
         states = job.states()
-        for p, grad, state in zip(job.params, job.grads, states):
-            fn(p, grad, state, **hyper)
-        job.store.commit(job.params, states)
+        try:
+            for p, grad, state in zip(job.params, job.grads, states):
+                fn(p, grad, state, **hyper)
+        finally:
+            # Where a rule raises midway (torch's Adafactor on an empty tensor), the state
+            # records what was done, as torch's does: no parameter moved without its state.
+            job.store.commit(job.params, states)
 
 
 class Gathered:
