@@ -7,7 +7,8 @@ tensors, float16/bfloat16/float32/float64 mixed in one param group, one big tens
 the packing and chunking thresholds) beside tiny ones, and parameters whose grad is None
 on some steps.
 
-torch.optim's for-loop implementation (``foreach=False``) is the oracle, as in
+torch.optim's for-loop implementation (``foreach=False``) -- or the authors' package an
+optimizer declares (``Optimizer.oracle``) -- is the oracle, as in
 ``test_exactness.py``: after every step the parameters (and the whole storage they view)
 must be bit-identical, and at the end the whole ``state_dict()`` as well, state tensors
 with torch's strides (those of dimensions of size > 1). Where torch raises, optimkit must
@@ -34,7 +35,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import assert_same, clone_kwargs
+from harness import assert_same, assert_same_state_dict, clone_kwargs
 from optimkit.registry import REGISTRY, OptimizerSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,7 +47,7 @@ DTYPES = (F32, F64, BF16, F16)
 SIZES = (1, 2, 3, 5, 2, 3, 0)
 STEPS = 4
 
-SPECS = {name: spec for name, spec in REGISTRY.items() if spec.torch_cls is not None}
+SPECS = {name: spec for name, spec in REGISTRY.items() if spec.oracle_cls is not None}
 ELEMENTWISE = [name for name, spec in SPECS.items() if spec.elementwise]
 
 
@@ -158,7 +159,7 @@ def grads_of(case: Case, spec: OptimizerSpec) -> Callable[[list[torch.Tensor], i
 def torch_kwargs(spec: OptimizerSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
     """torch's for-loop mode (unless fused is asked for); optimkit gets the same kwargs."""
     kw = dict(kwargs)
-    if "foreach" in inspect.signature(spec.torch_cls).parameters and not kw.get("fused"):
+    if "foreach" in inspect.signature(spec.oracle_cls).parameters and not kw.get("fused"):
         kw["foreach"] = False
     return kw
 
@@ -261,9 +262,9 @@ def compare_steps(pair: Pair, spec: OptimizerSpec, grads: Callable, steps: range
     return pair
 
 
-def compare_state(pair: Pair) -> None:
+def compare_state(pair: Pair, spec: OptimizerSpec) -> None:
     ours_sd, ref_sd = pair.ours.state_dict(), pair.ref.state_dict()
-    assert_same(ours_sd, ref_sd, "state_dict")
+    assert_same_state_dict(ours_sd, ref_sd, spec, "state_dict")
     ours_layouts, ref_layouts = _state_layouts(ours_sd), _state_layouts(ref_sd)
     assert ours_layouts == ref_layouts, f"state tensors' strides {ours_layouts} vs torch's {ref_layouts}"
 
@@ -279,14 +280,14 @@ def check_against_torch(
     kw = torch_kwargs(spec, kwargs)
     ours_params, ours_storages = make()
     ref_params, ref_storages = make()
-    ref, e_ref = _attempt(lambda: spec.torch_cls(ref_params, **clone_kwargs(kw)))
+    ref, e_ref = _attempt(lambda: spec.oracle_cls(ref_params, **clone_kwargs(kw)))
     ours, e_ours = _attempt(lambda: spec.cls(ours_params, **clone_kwargs(kw)))
     if _same_failure(e_ours, e_ref, "constructor"):
         return None
     pair = Pair(ours, ref, ours_params, ref_params, ours_storages, ref_storages)
     compare_steps(pair, spec, grads, range(steps))
     if not pair.raised:
-        compare_state(pair)
+        compare_state(pair, spec)
     return pair
 
 
@@ -469,7 +470,7 @@ def test_empty_matrix_after_a_normal_one(name):
 @pytest.mark.parametrize("shape", [(), (3,), (2, 2, 2), (1, 1, 1, 1), (0,)], ids=str)
 def test_matrix_only_rejects_other_ndims_like_torch(name, shape):
     spec = SPECS[name]
-    _, e_ref = _attempt(lambda: spec.torch_cls([torch.zeros(shape, requires_grad=True)]))
+    _, e_ref = _attempt(lambda: spec.oracle_cls([torch.zeros(shape, requires_grad=True)]))
     _, e_ours = _attempt(lambda: spec.cls([torch.zeros(shape, requires_grad=True)]))
     assert e_ref is not None, "torch accepts it now: drop the shape from this test"
     assert _same_failure(e_ours, e_ref, f"{name} {shape}")
@@ -641,21 +642,21 @@ def test_state_dict_round_trip_between_optimkit_and_torch(name):
     assert pair is not None and not pair.raised
     ours_saved = (pair.ours.state_dict(), pair.ours_params)
     ref_saved = (pair.ref.state_dict(), pair.ref_params)
-    torch_resumed = fresh(spec.torch_cls, saved=ref_saved)
+    torch_resumed = fresh(spec.oracle_cls, saved=ref_saved)
     runs = {
-        "optimkit into torch": (fresh(spec.torch_cls, saved=ours_saved), torch_resumed),
-        "torch into optimkit": (fresh(spec.cls, saved=ref_saved), fresh(spec.torch_cls, steps=3)),
-        "optimkit into optimkit": (fresh(spec.cls, saved=ours_saved), fresh(spec.torch_cls, steps=3)),
+        "optimkit into torch": (fresh(spec.oracle_cls, saved=ours_saved), torch_resumed),
+        "torch into optimkit": (fresh(spec.cls, saved=ref_saved), fresh(spec.oracle_cls, steps=3)),
+        "optimkit into optimkit": (fresh(spec.cls, saved=ours_saved), fresh(spec.oracle_cls, steps=3)),
     }
     for what, (ours, ref) in runs.items():
         try:
             p = compare_steps(Pair(ours[0], ref[0], ours[1], ref[1], ours[2], ref[2]), spec, grads, range(3, 6))
             assert not p.raised
-            compare_state(p)
+            compare_state(p, spec)
         except AssertionError as e:
             raise AssertionError(f"{what}: {e}") from None
     compare_steps(pair, spec, grads, range(3, 6))  # and the uninterrupted pair
-    compare_state(pair)
+    compare_state(pair, spec)
 
 
 # --------------------------------------------------------------------------------------
@@ -676,7 +677,7 @@ def test_compile_with_0dim_and_empty(name):
     ref_params, _ = build(case)
     kw = torch_kwargs(spec, spec.configs[0])
     ours = spec.cls(ours_params, **clone_kwargs(kw), compile=True)
-    ref = spec.torch_cls(ref_params, **clone_kwargs(kw))
+    ref = spec.oracle_cls(ref_params, **clone_kwargs(kw))
     for step in range(case.steps):
         _one_step(ref, ref_params, spec, grads, step)
         _one_step(ours, ours_params, spec, grads, step)
