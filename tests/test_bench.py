@@ -25,6 +25,14 @@ def test_bench_prints_a_row_per_mode(monkeypatch):
     assert all(r.ms > 0 for r in rows)
 
 
+def test_bench_times_an_optimizer_torch_lacks_against_its_oracle(monkeypatch):
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda: 1.0)
+    lines: list[str] = []
+    rows = bench.run(["lion"], ["many-small"], steps=1, scale=0.01, out=lines.append)
+    assert {r.mode for r in rows} == {"optimkit", "reference (oracle)"}
+    assert any(line.startswith("| lion | many-small | optimkit |") and "| n/a |" in line for line in lines)
+
+
 def test_bench_script_and_cli():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
     args = ["--optimizers", "sgd", "--workloads", "one-big", "--scale", "0.001", "--steps", "1"]

@@ -2,7 +2,9 @@
 
 For every elementwise optimizer of the registry and every workload, the step is timed in
 optimkit's modes (default; ``fused=True`` where torch has a fused kernel) and in torch.optim's
-(for-loop, foreach, fused), alternating so that both see the same machine state. Printed per
+(for-loop, foreach, fused) -- or, for an optimizer torch lacks, in its authors' package (the
+``reference (oracle)`` row, counted in the for-loop and fastest columns) -- alternating so that
+both see the same machine state. Printed per
 row: milliseconds per step (median), the ratio of torch's time to optimkit's (> 1: optimkit is
 faster), the effective bandwidth (the bytes a step must move: read the gradient, read and
 write the parameter and every state tensor) and its share of the machine's copy bandwidth,
@@ -85,6 +87,8 @@ def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, type, 
         modes.append(("optimkit fused", spec.cls, {"fused": True}))
     if compile and spec.elementwise:
         modes.append(("optimkit compile", spec.cls, {"compile": True}))
+    if spec.torch_cls is None:  # an optimizer torch lacks: timed against its authors' package
+        return [*modes, (_REFERENCE, spec.oracle_cls, {})]
     modes += [
         ("torch for-loop", spec.torch_cls, {"foreach": False}),
         ("torch foreach", spec.torch_cls, {"foreach": True}),
@@ -92,6 +96,16 @@ def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, type, 
     if spec.fused:
         modes.append(("torch fused", spec.torch_cls, {"fused": True}))
     return modes
+
+
+_REFERENCE = "reference (oracle)"
+
+
+def _has_reference(spec: OptimizerSpec) -> bool:
+    try:
+        return spec.oracle_cls is not None
+    except ImportError:  # the authors' package is a test extra
+        return False
 
 
 def _kwargs(spec: OptimizerSpec) -> dict[str, Any]:
@@ -164,7 +178,7 @@ def run(
     compile: bool = False,
 ) -> list[Row]:
     """Run the benchmark and print a Markdown table; return its rows."""
-    names = list(optimizers or [n for n, s in REGISTRY.items() if s.elementwise and s.torch_cls])
+    names = list(optimizers or [n for n, s in REGISTRY.items() if s.elementwise and _has_reference(s)])
     workloads = list(workloads or WORKLOADS)
     reference = copy_bandwidth()
     out(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -183,12 +197,14 @@ def run(
         for name in names:
             result = bench_one(REGISTRY[name], shapes, steps, memory, compile)
             by_mode = {r.mode: r.ms for r in result}
-            fastest = min(v for k, v in by_mode.items() if k.startswith("torch"))
+            fastest = min(v for k, v in by_mode.items() if k.startswith("torch") or k == _REFERENCE)
+            loop = by_mode.get("torch for-loop", by_mode.get(_REFERENCE))
+            foreach = by_mode.get("torch foreach")
             for r in result:
                 r.workload = workload
                 line = (
-                    f"| {name} | {workload} | {r.mode} | {r.ms:.2f} | {by_mode['torch for-loop'] / r.ms:.2f} "
-                    f"| {by_mode['torch foreach'] / r.ms:.2f} | {fastest / r.ms:.2f} | {r.gbps:.1f} "
+                    f"| {name} | {workload} | {r.mode} | {r.ms:.2f} | {loop / r.ms:.2f} "
+                    f"| {f'{foreach / r.ms:.2f}' if foreach else 'n/a'} | {fastest / r.ms:.2f} | {r.gbps:.1f} "
                     f"| {100 * r.gbps / reference:.0f}% |"
                 )
                 if memory:
