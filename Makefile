@@ -12,7 +12,9 @@ TORCH ?= torch==2.13.0
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH)" -e ".[test,lab]"
+	# The constraint keeps every extra package (the oracles' packages too) on this torch.
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt "$(TORCH)" -e ".[test,lab]"
 	touch $@
 
 setup: $(VENV)/.installed
