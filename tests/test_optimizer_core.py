@@ -356,3 +356,20 @@ def test_registry_lists_every_exported_optimizer():
 
     assert sorted(REGISTRY) == sorted(name.lower() for name in optimkit.optimizers.__all__)
     assert all(getattr(optimkit, spec.cls.__name__) is spec.cls for spec in REGISTRY.values())
+
+
+def test_an_optimizer_without_a_rule_says_what_is_missing():
+    class NoRule(optimkit.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {"lr": 0.1})
+
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.ones(2)
+    with pytest.raises(NotImplementedError, match="declares no update rule"):
+        NoRule([p]).step()
+    assert torch.equal(p, torch.ones(2))
+
+
+def test_compile_needs_an_elementwise_rule():
+    with pytest.raises(ValueError, match="compile=True needs an elementwise update rule"):
+        optimkit.Optimizer([torch.nn.Parameter(torch.ones(2))], {"lr": 0.1}, compile=True)

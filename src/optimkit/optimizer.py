@@ -424,6 +424,11 @@ class Optimizer(torch.optim.Optimizer):
     def _step_group(self, group: dict[str, Any]) -> None:
         """Run the rule on every parameter of the group that has a gradient, through the
         executor :func:`optimkit.execution.pick` chooses for it."""
+        if self.rule is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} declares no update rule: set the class attribute `rule` "
+                "(see optimkit.rule) or override step()"
+            )
         params, grads = self._params_with_grad(group)
         if not params:
             return
