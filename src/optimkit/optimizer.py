@@ -41,6 +41,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .execution import Compiled, Job, StateStore, pick
 from .execution import sharded as dtensor
+from .execution.fused import group_by_device_and_dtype
 from .rule import Capabilities, Rule, step_tensor
 
 __all__ = [
@@ -276,14 +277,7 @@ class Optimizer(torch.optim.Optimizer):
     @staticmethod
     def _group_tensors_by_device_and_dtype(tensorlistlist: list, with_indices: bool = False) -> dict:
         """Group parallel tensor lists by (device, dtype) -- for optimizers written in torch's style."""
-        grouped: dict = {}
-        for i, first in enumerate(tensorlistlist[0]):
-            key = (first.device, first.dtype)
-            lists, indices = grouped.setdefault(key, ([[] for _ in tensorlistlist], []))
-            for out, tensors in zip(lists, tensorlistlist):
-                out.append(tensors[i])
-            indices.append(i)
-        return grouped
+        return group_by_device_and_dtype(tensorlistlist)
 
     def register_step_pre_hook(self, hook: Callable) -> RemovableHandle:
         """Register ``hook(optimizer, args, kwargs) -> None | (args, kwargs)`` before ``step``."""
@@ -432,8 +426,7 @@ class Optimizer(torch.optim.Optimizer):
         params, grads = self._params_with_grad(group)
         if not params:
             return
-        fused = bool(group.get("fused")) and self.caps().fused is not None
-        if not fused:
+        if not (group.get("fused") and self.rule.caps.fused is not None):
             self._check_group(group, params)
         job = Job(
             rule=self.rule, group=group, params=params, grads=grads, hyper=self._hyper(group),

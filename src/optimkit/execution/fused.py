@@ -18,10 +18,11 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
+from ..ops import to_scalar
 from . import sharded
 from .job import Job
 
-__all__ = ["Fused", "KERNELS"]
+__all__ = ["Fused", "KERNELS", "group_by_device_and_dtype"]
 
 _DTYPE, _DEVICE = operator.attrgetter("dtype"), operator.attrgetter("device")
 
@@ -52,15 +53,10 @@ class Fused:
         if is_sharded:  # torch's fused kernels have no DTensor rule for all kinds: feed local shards
             params, grads, states = map(list, zip(*map(sharded.to_local, params, grads, dstates)))
         if len(kinds) == 1:  # the common case: no regrouping
-            ((_, device),) = kinds
-            grouped = {device: (params, grads, states)}
+            grouped = [(params, grads, states)]
         else:
-            grouped = {}
-            for p, g, st in zip(params, grads, states):
-                lists = grouped.setdefault((p.device, p.dtype), ([], [], []))
-                for out, x in zip(lists, (p, g, st)):
-                    out.append(x)
-        for (d_params, d_grads, d_states) in grouped.values():
+            grouped = [lists for lists, _ in group_by_device_and_dtype([params, grads, states]).values()]
+        for d_params, d_grads, d_states in grouped:
             device = d_params[0].device
             scale = job.grad_scale.to(device) if job.grad_scale is not None else None
             inf = job.found_inf.to(device) if job.found_inf is not None else None
@@ -98,6 +94,7 @@ def _fused_sgd(group, params, grads, states, grad_scale, found_inf) -> None:
         is_first_step=first, grad_scale=grad_scale, found_inf=found_inf,
     )  # fmt: skip
 
+
 def _fused_adam(group, params, grads, states, grad_scale, found_inf) -> None:
     steps = [s["step"] for s in states]
     beta1, beta2 = group["betas"]
@@ -107,11 +104,12 @@ def _fused_adam(group, params, grads, states, grad_scale, found_inf) -> None:
         params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
         [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [], steps,
         amsgrad=group["amsgrad"], lr=_lr(group, params[0].device),
-        beta1=_scalar(beta1), beta2=_scalar(beta2), weight_decay=group["weight_decay"],
+        beta1=to_scalar(beta1), beta2=to_scalar(beta2), weight_decay=group["weight_decay"],
         eps=group["eps"], maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
     )  # fmt: skip
     if found_inf is not None:
         torch._foreach_sub_(steps, [found_inf] * len(steps))
+
 
 def _fused_adagrad(group, params, grads, states, grad_scale, found_inf) -> None:
     if any(p.is_complex() for p in params):
@@ -131,5 +129,13 @@ def _fused_adagrad(group, params, grads, states, grad_scale, found_inf) -> None:
 KERNELS = {"sgd": _fused_sgd, "adam": _fused_adam, "adagrad": _fused_adagrad}
 
 
-def _scalar(x: Any) -> Any:
-    return x.squeeze() if isinstance(x, Tensor) and x.dim() != 0 else x
+def group_by_device_and_dtype(tensorlistlist: list[list[Any]]) -> dict[tuple, tuple[list[list[Any]], list[int]]]:
+    """Parallel lists grouped by the (device, dtype) of the first list's tensors:
+    ``{(device, dtype): (lists, indices)}``, in first-seen order."""
+    grouped: dict[tuple, tuple[list[list[Any]], list[int]]] = {}
+    for i, first in enumerate(tensorlistlist[0]):
+        lists, indices = grouped.setdefault((first.device, first.dtype), ([[] for _ in tensorlistlist], []))
+        for out, items in zip(lists, tensorlistlist):
+            out.append(items[i])
+        indices.append(i)
+    return grouped

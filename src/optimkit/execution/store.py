@@ -63,7 +63,7 @@ class StateStore:
 
     def is_view(self, t: Any) -> bool:
         """Whether ``t`` is a slice of a pack's buffer."""
-        return isinstance(t, Tensor) and self.pack_storages and t.untyped_storage().data_ptr() in self.pack_storages
+        return isinstance(t, Tensor) and t.untyped_storage().data_ptr() in self.pack_storages
 
     def standalone(self, value: dict[str, Any]) -> dict[str, Any]:
         """A parameter's state with every pack view as a tensor of its own (for state dicts)."""
