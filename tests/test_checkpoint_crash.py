@@ -182,5 +182,7 @@ def test_sigkill_during_save_never_loses_a_checkpoint(server, tmp_path):
         else:
             phases["serializing or between saves"] += 1
         last = step
-    assert last >= 50
+    # Progress is not the property under test (a loaded CI machine may save less than once per
+    # trial); only that kills did reach saves, so the trials above tested something.
+    assert last > 0, f"no save finished in 50 trials: the kills never reached one; killed: {phases}"
     print(f"\n50 kills while saving, {last} checkpoints written; killed: {phases}")
