@@ -88,7 +88,7 @@ def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, type, 
     if compile and spec.elementwise:
         modes.append(("optimkit compile", spec.cls, {"compile": True}))
     if spec.torch_cls is None:  # an optimizer torch lacks: timed against its authors' package
-        return [*modes, (_REFERENCE, spec.oracle_cls, {})]
+        return [*modes, (_REFERENCE, spec.oracle_cls, dict(spec.oracle.kwargs))]
     modes += [
         ("torch for-loop", spec.torch_cls, {"foreach": False}),
         ("torch foreach", spec.torch_cls, {"foreach": True}),

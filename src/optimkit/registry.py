@@ -10,13 +10,13 @@ export line; it appears here by itself.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from . import optimizers
+from .optimizer import Oracle
 from .rule import Capabilities
 
 __all__ = ["OptimizerSpec", "REGISTRY", "get_spec", "create_optimizer", "names"]
@@ -83,13 +83,29 @@ class OptimizerSpec:
         return getattr(torch.optim, self.cls.__name__, None)
 
     @property
+    def oracle(self) -> Oracle | None:
+        """The declared reference implementation (None: torch's class of the same name)."""
+        declared = getattr(self.cls, "oracle", None)
+        return Oracle(declared) if isinstance(declared, str) else declared
+
+    @property
     def oracle_cls(self) -> type | None:
         """The reference the test tables compare with: the class's declared ``oracle``
         (imported on first use), else :attr:`torch_cls`."""
-        if self.cls.oracle is None:
-            return self.torch_cls
-        module, _, name = self.cls.oracle.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return self.torch_cls if self.oracle is None else self.oracle.load()
+
+    def make_oracle(self, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        """The oracle built on ``params`` with ``kwargs`` (and what it needs to be this optimizer)."""
+        extra = self.oracle.kwargs if self.oracle is not None else {}
+        return self.oracle_cls(params, **kwargs, **extra)
+
+    def exact(self, dtype: torch.dtype) -> bool:
+        """Whether the oracle gives the same bits in ``dtype`` (torch's always do)."""
+        return self.oracle is None or self.oracle.exact_for(dtype)
+
+    @property
+    def exact_everywhere(self) -> bool:
+        return self.oracle is None or self.oracle.exact is True
 
 
 REGISTRY: dict[str, OptimizerSpec] = {

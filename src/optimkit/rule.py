@@ -138,6 +138,10 @@ class Capabilities:
         matrix_only: 2-D parameters only (Muon).
         chunk_big: feed big tensors in chunks (pays off when the rule makes full-size
             temporaries; rules that make none or one are faster whole, see execution.packed).
+        scope: ``"tensor"``: ``fn(param, grad, state, **hyper)`` once per parameter;
+            ``"group"``: ``fn(params, grads, states, group, **hyper)`` once per group, for
+            rules that need sums over the whole group (Prodigy's and D-Adaptation's step
+            size). Such a rule gets DTensors whole under FSDP2, so its sums are global.
     """
 
     elementwise: bool = False
@@ -147,6 +151,7 @@ class Capabilities:
     closure: bool = False
     matrix_only: bool = False
     chunk_big: bool = True
+    scope: Literal["tensor", "group"] = "tensor"
 
 
 class Rule:
@@ -164,8 +169,8 @@ class Rule:
         self.scalar_keys = frozenset(k for k, s in self.state.items() if s.kind == "scalar")
         self.param_keys = frozenset(k for k, s in self.state.items() if s.kind == "param")
 
-    def __call__(self, param: Tensor, grad: Tensor, state: dict[str, Any], **hyper: Any) -> None:
-        self.fn(param, grad, state, **hyper)
+    def __call__(self, *args: Any, **hyper: Any) -> None:
+        self.fn(*args, **hyper)
 
     def __repr__(self) -> str:
         return f"<rule {self.__name__}>"

@@ -7,6 +7,7 @@ gradients, hyperparameters, state store) and :func:`pick` chooses who runs it:
 ``Fused``          ``fused=True`` and the rule names a torch fused kernel (:mod:`.fused`)
 ``PerTensor``      ``differentiable=True``, or a rule that needs whole tensors (:mod:`.per_tensor`)
 ``Gathered``       a whole-tensor rule on DTensor (FSDP2) parameters (:mod:`.per_tensor`)
+``WholeGroup``     a rule over the whole group (``scope="group"``: global sums) (:mod:`.per_tensor`)
 ``Compiled``       ``compile=True`` on an elementwise rule (:mod:`.compiled`)
 ``Packed``         every other elementwise rule: small tensors packed, big ones chunked, DTensor
                    parameters on their local shards (:mod:`.packed`)
@@ -22,18 +23,20 @@ from .compiled import Compiled
 from .fused import Fused
 from .job import Executor, Job
 from .packed import Packed
-from .per_tensor import Gathered, PerTensor
+from .per_tensor import Gathered, PerTensor, WholeGroup
 from .sharded import any_dtensor
 from .store import StateStore
 
-__all__ = ["Job", "Executor", "StateStore", "pick", "Packed", "PerTensor", "Gathered", "Fused", "Compiled"]
+__all__ = ["Job", "Executor", "StateStore", "pick", "Packed", "PerTensor", "Gathered", "WholeGroup", "Fused", "Compiled"]
 
-FUSED, PER_TENSOR, GATHERED, PACKED = Fused(), PerTensor(), Gathered(), Packed()
+FUSED, PER_TENSOR, GATHERED, PACKED, WHOLE_GROUP = Fused(), PerTensor(), Gathered(), Packed(), WholeGroup()
 
 
 def pick(job: Job, compiled: Compiled | None = None) -> Executor:
     """The executor for ``job``; ``compiled`` is the optimizer's (``compile=True``) or None."""
     caps, group = job.rule.caps, job.group
+    if caps.scope == "group":
+        return WHOLE_GROUP
     if group.get("fused") and caps.fused:
         return FUSED
     exact = bool(group.get("differentiable"))

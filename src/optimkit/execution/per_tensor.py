@@ -12,7 +12,7 @@ from torch import Tensor
 from . import sharded
 from .job import Job
 
-__all__ = ["PerTensor", "Gathered"]
+__all__ = ["PerTensor", "Gathered", "WholeGroup"]
 
 
 class PerTensor:
@@ -53,3 +53,16 @@ class Gathered:
                 run(p, grad, state)
             if state:
                 store.state[p] = state
+
+
+class WholeGroup:
+    """A group-scope rule (``scope="group"``): one call with the whole group,
+    ``fn(params, grads, states, group, **hyper)``. DTensor parameters reach it as they are, so
+    its sums and norms are over the whole tensor on every rank."""
+
+    def step(self, job: Job) -> None:
+        states = job.states()
+        try:
+            job.rule.fn(job.params, job.grads, states, job.group, **job.hyper)
+        finally:
+            job.store.commit(job.params, states)
