@@ -11,7 +11,7 @@ used exactly as in a single process: nothing in it knows about the other process
 * backend: nccl with one GPU per process when CUDA is available, gloo on CPU;
 * data: scikit-learn's bundled 8x8 digits (nothing is downloaded), 1500 images to train on,
   the other 297 to test;
-* ``--optimizer``: any name of ``optimkit.registry`` (``optimkit list``). Muon trains a
+* ``--optimizer``: any name of ``optimkit.registry`` (``optimkit lab list``). Muon trains a
   bias-free MLP (it takes matrices only), SparseAdam a sparse bag-of-pixels embedding (DDP
   all-reduces sparse gradients too), LBFGS with a closure (see ``closure`` below);
 * a linear warmup then cosine decay of the learning rate (torch's schedulers);

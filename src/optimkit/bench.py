@@ -3,7 +3,8 @@
 For every elementwise optimizer of the registry and every workload, the step is timed in
 optimkit's modes (default; ``fused=True`` where torch has a fused kernel) and in torch.optim's
 (for-loop, foreach, fused) -- or, for an optimizer torch lacks, in its authors' package (the
-``reference (oracle)`` row, counted in the for-loop and fastest columns) -- alternating so that
+``reference (oracle)`` row, and ``reference foreach`` where it has that mode, counted in the
+for-loop, foreach and fastest columns) -- alternating so that
 both see the same machine state. Printed per
 row: milliseconds per step (median), the ratio of torch's time to optimkit's (> 1: optimkit is
 faster), the effective bandwidth (the bytes a step must move: read the gradient, read and
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import os
 import statistics
 import time
@@ -88,7 +90,11 @@ def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, type, 
     if compile and spec.elementwise:
         modes.append(("optimkit compile", spec.cls, {"compile": True}))
     if spec.torch_cls is None:  # an optimizer torch lacks: timed against its authors' package
-        return [*modes, (_REFERENCE, spec.oracle_cls, dict(spec.oracle.kwargs))]
+        oracle, fixed = spec.oracle_cls, dict(spec.oracle.kwargs)
+        if "foreach" not in inspect.signature(oracle).parameters:
+            return [*modes, (_REFERENCE, oracle, fixed)]
+        return [*modes, (_REFERENCE, oracle, {**fixed, "foreach": False}),
+                (_REFERENCE_FOREACH, oracle, {**fixed, "foreach": True})]  # fmt: skip
     modes += [
         ("torch for-loop", spec.torch_cls, {"foreach": False}),
         ("torch foreach", spec.torch_cls, {"foreach": True}),
@@ -99,6 +105,7 @@ def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, type, 
 
 
 _REFERENCE = "reference (oracle)"
+_REFERENCE_FOREACH = "reference foreach"
 
 
 def _has_reference(spec: OptimizerSpec) -> bool:
@@ -106,6 +113,15 @@ def _has_reference(spec: OptimizerSpec) -> bool:
         return spec.oracle_cls is not None
     except ImportError:  # the authors' package is a test extra
         return False
+
+
+def default_optimizers() -> list[str]:
+    """The elementwise optimizers with a reference, and every one whose reference is an
+    authors' package (timed against it: the default path must be at least as fast)."""
+    return [
+        n for n, s in REGISTRY.items()
+        if _has_reference(s) and not s.closure and (s.elementwise or s.torch_cls is None)
+    ]  # fmt: skip
 
 
 def _kwargs(spec: OptimizerSpec) -> dict[str, Any]:
@@ -178,7 +194,7 @@ def run(
     compile: bool = False,
 ) -> list[Row]:
     """Run the benchmark and print a Markdown table; return its rows."""
-    names = list(optimizers or [n for n, s in REGISTRY.items() if s.elementwise and _has_reference(s)])
+    names = list(optimizers or default_optimizers())
     workloads = list(workloads or WORKLOADS)
     reference = copy_bandwidth()
     out(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -197,9 +213,9 @@ def run(
         for name in names:
             result = bench_one(REGISTRY[name], shapes, steps, memory, compile)
             by_mode = {r.mode: r.ms for r in result}
-            fastest = min(v for k, v in by_mode.items() if k.startswith("torch") or k == _REFERENCE)
+            fastest = min(v for k, v in by_mode.items() if k.startswith(("torch", "reference")))
             loop = by_mode.get("torch for-loop", by_mode.get(_REFERENCE))
-            foreach = by_mode.get("torch foreach")
+            foreach = by_mode.get("torch foreach", by_mode.get(_REFERENCE_FOREACH))
             for r in result:
                 r.workload = workload
                 line = (
