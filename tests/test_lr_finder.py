@@ -312,3 +312,107 @@ def test_bad_arguments(digits):
         find_lr(model, opt, torch.nn.functional.cross_entropy, (x, y), start_lr=1.0, end_lr=0.1)
     with pytest.raises(ValueError, match="no batches"):
         find_lr(model, opt, torch.nn.functional.cross_entropy, [], progress=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Any model: dict batches (keyword arguments), models that return their loss, clear refusals.
+
+
+class ReturnsLoss(torch.nn.Module):
+    """A Hugging Face-style model: ``model(input_ids=..., labels=...)`` returns an object
+    with ``.loss`` (None without labels), like ``transformers.ModelOutput``."""
+
+    def __init__(self, vocab=12, dim=16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.head = torch.nn.Linear(dim, vocab)
+
+    def forward(self, input_ids, labels=None, attention_mask=None):
+        logits = self.head(self.embed(input_ids))
+        loss = None
+        if labels is not None:  # next-token prediction, as a causal LM
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        return type("Output", (), {"loss": loss, "logits": logits})()
+
+
+def lm_batches(n=8, vocab=12):
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (4, 10), generator=g)
+        out.append({"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+    return out
+
+
+def test_dict_batches_and_a_model_that_returns_its_loss():
+    model = ReturnsLoss()
+    opt = optimkit.AdamW(model.parameters())
+    before = copy.deepcopy(model.state_dict())
+    result = find_lr(model, opt, None, lm_batches(), num_iter=30, progress=False)
+    assert len(result.losses) >= 10 and result.losses[0] > min(result.losses)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # restored
+    # The same with a loss_fn: it gets the output and the batch.
+    seen = []
+
+    def loss_fn(output, batch):
+        seen.append(sorted(batch))
+        return output.loss
+
+    find_lr(model, opt, loss_fn, lm_batches(), num_iter=5, progress=False)
+    assert seen[0] == ["attention_mask", "input_ids", "labels"]
+
+
+def test_one_dict_batch_and_models_returning_a_scalar_or_a_dict():
+    class ScalarLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x, y):
+            return ((x * self.w).sum(-1) - y).pow(2).mean()
+
+    class DictLoss(ScalarLoss):
+        def forward(self, x, y):
+            return {"loss": super().forward(x, y)}
+
+    x, y = torch.randn(8, 3), torch.randn(8)
+    for model in (ScalarLoss(), DictLoss()):
+        opt = optimkit.SGD(model.parameters(), lr=0.1)
+        assert len(find_lr(model, opt, None, {"x": x, "y": y}, num_iter=5, progress=False).losses) == 5
+        assert len(find_lr(model, opt, None, [(x, y)], num_iter=5, progress=False).losses) == 5
+
+
+def test_clear_errors_before_the_sweep(digits, monkeypatch):
+    x, y = digits
+    model = mlp()
+    opt = optimkit.SGD(model.parameters(), lr=0.1)
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(TypeError, match="no targets for loss_fn"):
+        find_lr(model, opt, torch.nn.functional.cross_entropy, [x], progress=False)
+    with pytest.raises(TypeError, match="no targets for loss_fn"):
+        find_lr(model, opt, torch.nn.functional.cross_entropy, [(x,)], progress=False)
+    with pytest.raises(TypeError, match="cannot use a batch of type int"):
+        find_lr(model, opt, torch.nn.functional.cross_entropy, [1, 2], progress=False)
+    with pytest.raises(TypeError, match="iterable of batches"):
+        find_lr(model, opt, torch.nn.functional.cross_entropy, 3, progress=False)
+    with pytest.raises(TypeError, match=r"model\(\*batch\)"):  # no loss_fn: the model gets (x, y)
+        find_lr(model, opt, None, [(x, y)], progress=False)
+    with pytest.raises(TypeError, match="return its loss"):  # logits are not a loss
+        find_lr(model, opt, None, [x], progress=False)
+    hf = ReturnsLoss()
+    hf_opt = optimkit.SGD(hf.parameters(), lr=0.1)
+    no_labels = [{"input_ids": b["input_ids"]} for b in lm_batches()]
+    with pytest.raises(TypeError, match="labels"):
+        find_lr(hf, hf_opt, None, no_labels, progress=False)
+    # A plot without matplotlib is refused before any step, not after the whole sweep.
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    steps = []
+    opt.register_step_post_hook(lambda *a: steps.append(1))
+    with pytest.raises(ModuleNotFoundError, match="needs matplotlib"):
+        find_lr(model, opt, torch.nn.functional.cross_entropy, (x, y), plot="lr.png", progress=False)
+    assert steps == []
+    assert opt.state_dict() == before

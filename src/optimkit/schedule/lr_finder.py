@@ -21,9 +21,10 @@ so a group's ``lr_scale`` is honoured: ``lrs`` are the unscaled learning rates.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,10 +283,13 @@ class _Snapshot:
 # ---------------------------------------------------------------------------------------------
 def _batches(data: Any) -> Iterator[Any]:
     """Endless batches: ``data`` re-iterated as often as needed; an ``(inputs, targets)``
-    pair of tensors is one batch, repeated."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    pair of tensors, or one dict batch, is one batch, repeated."""
+    one_pair = isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+    if one_pair or isinstance(data, Mapping):
         while True:
             yield data
+    if not isinstance(data, Iterable):
+        raise TypeError(f"find_lr: `data` must be an iterable of batches (a DataLoader), got {type(data).__name__}")
     while True:
         empty = True
         for batch in data:
@@ -293,6 +297,80 @@ def _batches(data: Any) -> Iterator[Any]:
             yield batch
         if empty:
             raise ValueError("find_lr: `data` yielded no batches")
+
+
+def _check_batch(batch: Any, loss_fn: Callable[..., torch.Tensor] | None) -> None:
+    """Refuse, before the sweep, a batch that :func:`_loss` cannot use."""
+    if isinstance(batch, Mapping):
+        return
+    if isinstance(batch, (tuple, list)):
+        if loss_fn is not None and len(batch) < 2:
+            raise TypeError(
+                f"find_lr: a batch of length {len(batch)} has no targets for loss_fn; give "
+                "(inputs, targets, ...) batches, or loss_fn=None for a model that returns its loss"
+            )
+        return
+    if isinstance(batch, torch.Tensor):
+        if loss_fn is not None:
+            raise TypeError(
+                "find_lr: a batch that is one tensor has no targets for loss_fn; give (inputs, targets) "
+                "batches, or loss_fn=None for a model that returns its loss"
+            )
+        return
+    raise TypeError(
+        f"find_lr: cannot use a batch of type {type(batch).__name__}; give (inputs, targets, ...) tuples, "
+        "dicts of keyword arguments (Hugging Face batches), or tensors with loss_fn=None"
+    )
+
+
+def _output_loss(output: Any) -> torch.Tensor:
+    """The loss a model returned: ``output.loss`` (Hugging Face's ModelOutput), ``output["loss"]``
+    or the output itself when it is a scalar tensor."""
+    loss = output
+    if isinstance(output, Mapping) and "loss" in output:
+        loss = output["loss"]
+    elif not isinstance(output, torch.Tensor) and hasattr(output, "loss"):
+        loss = output.loss
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss.reshape(())
+    if loss is None:
+        raise TypeError(
+            "find_lr: the model's output has loss=None; a Hugging Face model computes its loss only when "
+            "the batch has `labels` (for causal LMs, labels=input_ids)"
+        )
+    raise TypeError(
+        f"find_lr: loss_fn=None needs the model to return its loss (`.loss`, ['loss'] or a scalar tensor); "
+        f"it returned {type(output).__name__}: pass loss_fn"
+    )
+
+
+def _loss(model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor] | None, batch: Any) -> torch.Tensor:
+    """One batch's loss. A dict batch is passed as keyword arguments, ``model(**batch)``;
+    ``(inputs, targets, ...)`` gives ``loss_fn(model(inputs), targets)``. Without ``loss_fn``
+    the model's output carries the loss (tuples are passed positionally, ``model(*batch)``)."""
+    if isinstance(batch, Mapping):
+        output = model(**batch)
+        return _output_loss(output) if loss_fn is None else loss_fn(output, batch)
+    if isinstance(batch, torch.Tensor):
+        return _output_loss(model(batch))
+    if loss_fn is None:
+        try:
+            output = model(*batch)
+        except TypeError as e:
+            raise TypeError(
+                f"find_lr: with loss_fn=None a tuple batch is passed positionally, model(*batch), and "
+                f"that failed ({e}); pass loss_fn to train on model(inputs) against targets"
+            ) from e
+        return _output_loss(output)
+    return loss_fn(model(batch[0]), batch[1])
+
+
+def _check_plot(plot: str | None) -> None:
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ModuleNotFoundError(
+            f"find_lr(plot={plot!r}) needs matplotlib, which is not installed (pip install matplotlib, or "
+            "the `lab` extra); refused before the sweep. Without plot=, the result's .plot() draws it later"
+        )
 
 
 def _to(value: Any, device: Any) -> Any:
@@ -310,7 +388,7 @@ def _to(value: Any, device: Any) -> Any:
 def find_lr(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[Any, Any], torch.Tensor],
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
     data: Iterable[Any],
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
@@ -329,16 +407,21 @@ def find_lr(
         optimizer: any ``torch.optim.Optimizer`` over the model's parameters. Its lr is
             overwritten by the sweep (times each group's ``lr_scale``); everything else --
             momentum, betas, weight decay -- is used as configured.
-        loss_fn: ``loss_fn(model(inputs), targets) -> scalar tensor``.
-        data: an iterable of ``(inputs, targets, ...)`` batches (a ``DataLoader``), restarted
-            when exhausted; or one ``(inputs, targets)`` pair of tensors, used every step.
+        loss_fn: ``loss_fn(model(inputs), targets) -> scalar tensor``; for dict batches
+            ``loss_fn(model(**batch), batch)``. None: the model returns its loss -- a Hugging
+            Face model's ``output.loss``, ``output["loss"]``, or a scalar tensor.
+        data: an iterable of batches (a ``DataLoader``), restarted when exhausted: ``(inputs,
+            targets, ...)`` tuples, dicts passed as keyword arguments (``model(**batch)``,
+            Hugging Face's batches), or -- with ``loss_fn=None`` -- tensors or tuples passed
+            positionally; or one ``(inputs, targets)`` pair of tensors, used every step.
+            A batch it cannot use is refused before the sweep.
         start_lr, end_lr, num_iter: the sweep: ``num_iter`` steps from ``start_lr`` to ``end_lr``.
         step_mode: ``"exp"`` (geometric, the default) or ``"linear"``.
         smooth_beta: the loss is smoothed by a debiased exponential moving average with this
             factor (0.95, as torch-lr-finder; fastai uses 0.98, which lags ~50 iterations).
         diverge_th: stop once the smoothed loss exceeds ``diverge_th`` times its minimum
             (or the loss is not finite).
-        plot: a path: save the plot there (PNG).
+        plot: a path: save the plot there (PNG; needs matplotlib, checked before the sweep).
         progress: show a progress bar (tqdm, if installed).
         device: move each batch there first.
 
@@ -356,6 +439,13 @@ def find_lr(
         raise ValueError(f"smooth_beta must be in [0, 1), got {smooth_beta}")
     if diverge_th <= 1:
         raise ValueError(f"diverge_th must be > 1, got {diverge_th}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"find_lr: loss_fn must be callable or None, got {type(loss_fn).__name__}")
+    _check_plot(plot)
+    batches = _batches(data)
+    first = next(batches)
+    _check_batch(first, loss_fn)
+    batches = itertools.chain([first], batches)
 
     sweep = (exponential if step_mode == "exp" else linear)(start_lr, end_lr, num_iter - 1)
     snapshot = _Snapshot(model, optimizer)
@@ -376,19 +466,14 @@ def find_lr(
             else:
                 bar = tqdm(steps, desc="LR range test", unit="step", leave=False)
                 steps = bar
-        batches = _batches(data)
         avg, best = 0.0, math.inf
         for i in steps:
             batch = _to(next(batches), device)
-            inputs, targets = batch[0], batch[1]
-
             first_loss: list[float] = []
 
-            def closure(
-                inputs: Any = inputs, targets: Any = targets, first: list = first_loss
-            ) -> torch.Tensor:
+            def closure(batch: Any = batch, first: list = first_loss) -> torch.Tensor:
                 optimizer.zero_grad()
-                loss = loss_fn(model(inputs), targets)
+                loss = _loss(model, loss_fn, batch)
                 loss.backward()
                 first.append(float(loss.detach()))  # LBFGS evaluates several times: keep the first
                 return loss
