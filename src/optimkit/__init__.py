@@ -7,6 +7,7 @@ defaults, state-dict format and -- on the default path -- the same numbers, bit 
 import sys
 
 from .checkpoint import Checkpointer
+from .groups import param_groups
 from .optimizer import (
     Optimizer,
     register_optimizer_step_post_hook,
@@ -31,6 +32,7 @@ __all__ = [
     "Optimizer",
     "Checkpointer",
     "create_optimizer",
+    "param_groups",
     "find_lr",
     "LRFinderResult",
     "lr_scheduler",

@@ -10,12 +10,14 @@ export line; it appears here by itself.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from . import optimizers
+from .groups import NO_DECAY_TYPES, param_groups
 from .optimizer import Oracle
 from .rule import Capabilities
 
@@ -127,6 +129,44 @@ def get_spec(name: str) -> OptimizerSpec:
         raise KeyError(f"unknown optimizer {name!r}; known optimizers: {', '.join(REGISTRY)}") from None
 
 
-def create_optimizer(name: str, params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
-    """Build a registered optimizer by name: ``create_optimizer("adamw", model.parameters(), lr=3e-4)``."""
-    return get_spec(name).cls(params, **kwargs)
+def create_optimizer(
+    name: str,
+    model_or_params: torch.nn.Module | Iterable[Any],
+    *,
+    layer_decay: float | None = None,
+    filter_bias_and_bn: bool = True,
+    param_group_fn: Callable[[torch.nn.Module], Any] | None = None,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Build a registered optimizer by name, from parameters or from a model.
+
+    ``create_optimizer("adamw", model.parameters(), lr=3e-4)`` passes the parameters as they
+    are. Given a model, the groups come from :func:`optimkit.groups.param_groups` -- no weight
+    decay for biases, norms and embeddings (``filter_bias_and_bn=False``: decay everything),
+    layer-wise lr decay with ``layer_decay``, parameter names kept -- or from
+    ``param_group_fn(model)``: ``create_optimizer("adamw", model, lr=3e-4, weight_decay=0.05,
+    layer_decay=0.75)``. The keywords are timm's ``create_optimizer_v2``'s where they overlap;
+    the others go to the optimizer.
+    """
+    cls = get_spec(name).cls
+    if not isinstance(model_or_params, torch.nn.Module):
+        if layer_decay is not None or param_group_fn is not None:
+            raise TypeError("create_optimizer: layer_decay and param_group_fn need a model, not parameters")
+        return cls(model_or_params, **kwargs)
+    model = model_or_params
+    if param_group_fn is not None:
+        return cls(param_group_fn(model), **kwargs)
+    signature = inspect.signature(cls.__init__).parameters
+    decays = "weight_decay" in signature  # Rprop, LBFGS, ... have no weight decay to group by
+    if layer_decay is None and not (decays and filter_bias_and_bn):
+        return cls(model.named_parameters(), **kwargs)
+    groups = param_groups(
+        model, lr=kwargs.get("lr") if layer_decay is not None else None,
+        weight_decay=kwargs.get("weight_decay", signature["weight_decay"].default) if decays else 0.0,
+        layer_decay=layer_decay, exclude_1d=filter_bias_and_bn,
+        no_decay_types=NO_DECAY_TYPES if filter_bias_and_bn else (),
+    )  # fmt: skip
+    if not decays:
+        for group in groups:
+            del group["weight_decay"]
+    return cls(groups, **kwargs)
