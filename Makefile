@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	# The constraint keeps every extra package (the oracles' packages too) on this torch.
 	echo "$(TORCH)" > $(VENV)/constraints.txt
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt "$(TORCH)" -e ".[test,lab]"
+	# timm is an oracle (parameter groups, the cautious mask) read as files: its package imports
+	# torchvision, whose index build breaks CPU torch, so it comes without its dependencies.
+	$(PY) -m pip install -q --no-deps timm==1.0.31
 	touch $@
 
 setup: $(VENV)/.installed
