@@ -35,7 +35,7 @@ from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.optim.optimizer as _torch_optimizer
@@ -49,6 +49,7 @@ from .rule import Capabilities, Rule, step_tensor
 __all__ = [
     "Optimizer",
     "Oracle",
+    "LoadReport",
     "required",
     "register_optimizer_step_pre_hook",
     "register_optimizer_step_post_hook",
@@ -62,6 +63,30 @@ _global_pre_hooks = _torch_optimizer._global_optimizer_pre_hooks
 _global_post_hooks = _torch_optimizer._global_optimizer_post_hooks
 
 StateDict = dict[str, Any]
+
+
+class LoadReport(NamedTuple):
+    """What ``load_state_dict`` could not match by name (as ``Module.load_state_dict``'s)."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+
+def _all_named(groups: list[dict[str, Any]]) -> bool:
+    return bool(groups) and all(
+        isinstance(g, dict) and "param_names" in g and len(g["param_names"]) == len(g.get("params", ())) for g in groups
+    )
+
+
+def _names_to(groups: list[dict[str, Any]], items: Callable, where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for g in groups:
+        for name, item in zip(g["param_names"], items(g)):
+            if name in out:
+                raise ValueError(f"parameter name {name!r} appears twice in {where}: names must be unique")
+            out[name] = item
+    return out
 
 
 @dataclass(frozen=True)
@@ -519,7 +544,7 @@ class Optimizer(torch.optim.Optimizer):
                 state_dict = result
         return state_dict
 
-    def load_state_dict(self, state_dict: StateDict) -> None:
+    def load_state_dict(self, state_dict: StateDict, strict: bool = True) -> LoadReport:
         """Load a state dict saved by optimkit or torch.optim.
 
         Everything is validated before anything changes: a dict that does not fit this
@@ -527,6 +552,19 @@ class Optimizer(torch.optim.Optimizer):
         as it was. Tensors are copied to each parameter's device; floating state is cast to
         the parameter's dtype except the rule's scalar state (``step``, ``mu_product``, ...),
         which keep their saved dtype so that training resumes bit-identically.
+
+        **By name or by position.** When this optimizer and the saved dict both have parameter
+        names (built from ``model.named_parameters()``: each group's ``param_names``), state is
+        matched by name, so added, removed and reordered parameters cannot receive another's
+        moments. Like ``Module.load_state_dict``: names only one side has and state whose shape
+        no longer fits are reported; ``strict=True`` raises on any of them (changing nothing),
+        ``strict=False`` loads the rest and leaves the others fresh. Group hyperparameters are
+        loaded group by group when the number of groups is unchanged. Without names on both
+        sides the match is by position, as torch's.
+
+        Returns:
+            :class:`LoadReport`: ``missing`` and ``unexpected`` names and ``mismatched``
+            ``(name, saved shape, parameter shape)`` (all empty for a positional load).
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, but got {type(state_dict).__name__}")
@@ -541,6 +579,8 @@ class Optimizer(torch.optim.Optimizer):
 
         groups = self.param_groups
         saved_groups = deepcopy(state_dict["param_groups"])
+        if _all_named(groups) and _all_named(saved_groups):
+            return self._load_by_name(state_dict, saved_groups, strict)
         if len(groups) != len(saved_groups):
             raise ValueError(
                 "loaded state dict has a different number of parameter groups"
@@ -591,6 +631,66 @@ class Optimizer(torch.optim.Optimizer):
         self.param_groups = new_groups
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+        return LoadReport([], [], [])
+
+    def _load_by_name(self, state_dict: StateDict, saved_groups: list[dict[str, Any]], strict: bool) -> LoadReport:
+        """``load_state_dict`` matching parameters by name (see there)."""
+        groups = self.param_groups
+        ours = _names_to(groups, lambda g: g["params"], "this optimizer")
+        saved = _names_to(saved_groups, lambda g: g["params"], "the loaded state dict")
+        group_of = {pid: sg for sg in saved_groups for pid in sg["params"]}
+        saved_state = state_dict["state"]
+        missing = [n for n in ours if n not in saved]
+        unexpected = [n for n in saved if n not in ours]
+        mismatched = []
+        for name in (n for n in ours if n in saved):
+            value, param = saved_state.get(saved[name]), ours[name]
+            if not isinstance(value, dict):
+                continue
+            for key in self.rule.param_keys if self.rule is not None else ():
+                t = value.get(key)
+                if isinstance(t, torch.Tensor) and t.shape != param.shape:
+                    mismatched.append((name, tuple(t.shape), tuple(param.shape)))
+                    break
+        same_groups = len(groups) == len(saved_groups)
+        problems = []
+        if missing:
+            problems.append(f"parameters without saved state (missing): {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"saved parameters not in this optimizer (unexpected): {', '.join(unexpected)}")
+        for name, a, b in mismatched:
+            problems.append(f"{name}: saved state has shape {a}, the parameter has shape {b}")
+        if not same_groups:
+            problems.append(f"{len(saved_groups)} saved parameter groups, {len(groups)} in the optimizer")
+        if strict and problems:
+            raise ValueError(
+                "loaded state dict does not match this optimizer by parameter name (strict=True; "
+                "strict=False loads what matches):\n  " + "\n  ".join(problems)
+            )
+        skip = {n for n, _, _ in mismatched}
+        state: defaultdict[Any, Any] = defaultdict(dict)
+        for name, param in ours.items():
+            if name not in saved or name in skip or saved[name] not in saved_state:
+                continue
+            value = saved_state[saved[name]]
+            if not isinstance(value, dict):
+                raise ValueError(f"state of parameter {name!r} must be a dict, got {type(value).__name__}")
+            state[param] = self._cast_state(param, value, group_of[saved[name]])
+        new_groups = []
+        for i, g in enumerate(groups):
+            sg = saved_groups[i] if same_groups else {}
+            new = {k: v for k, v in sg.items() if k not in ("params", "param_names")}
+            new["params"], new["param_names"] = g["params"], g["param_names"]
+            for k, v in g.items():
+                new.setdefault(k, v)
+            new_groups.append({k: new[k] for k in [*g, *(k for k in new if k not in g)]})
+        for sg in new_groups:
+            self._normalize_group(sg)
+        self.state = state
+        self.param_groups = new_groups
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+        return LoadReport(missing, unexpected, mismatched)
 
     def _normalize_group(self, group: dict[str, Any]) -> None:
         """Adjust a loaded group (flags a subclass forces, e.g. AdamW's decoupled decay)."""
