@@ -444,3 +444,78 @@ def test_the_docs_resume_loop_runs_and_resumes(tmp_path, monkeypatch):
     namespace = {"__name__": "docs"}
     exec(compile(code.replace("50", "60"), "README.md", "exec"), namespace)  # resumes at 50
     assert [p.name for p in Checkpointer(tmp_path / "checkpoints").checkpoints()][-1] == "step-00000060.ckpt"
+
+
+# ---------------------------------------------------------------------------- several optimizers
+def _two_optimizer_run(kind):
+    """Muon on the hidden matrix, AdamW on the rest: the two-optimizer recipe."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    muon = optimkit.Muon([model[0].weight], lr=0.02)
+    adamw = optimkit.AdamW([model[0].bias, *model[2].parameters()], lr=0.01)
+    opts = [muon, adamw] if kind == "list" else {"muon": muon, "adamw": adamw}
+    scheds = (
+        [torch.optim.lr_scheduler.StepLR(muon, 2), optimkit.lr_scheduler.CosineAnnealingLR(adamw, 10)]
+        if kind == "list"
+        else {"muon": torch.optim.lr_scheduler.StepLR(muon, 2), "adamw": optimkit.lr_scheduler.CosineAnnealingLR(adamw, 10)}
+    )
+    return model, opts, scheds
+
+
+def _values(x):
+    return list(x.values()) if isinstance(x, dict) else list(x)
+
+
+def _train_two(model, opts, scheds, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for opt in _values(opts):
+            opt.zero_grad()
+        model(torch.randn(5, 4, generator=g)).square().sum().backward()
+        for opt in _values(opts):
+            opt.step()
+        for sched in _values(scheds):
+            sched.step()
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_several_optimizers_and_schedulers_resume_exactly(tmp_path, kind, capsys):
+    ref = _two_optimizer_run(kind)
+    _train_two(*ref, 3, seed=0)
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(3, model=ref[0], optimizer=ref[1], scheduler=ref[2])
+    _train_two(*ref, 3, seed=1)
+
+    run = _two_optimizer_run(kind)
+    assert Checkpointer(tmp_path).restore(model=run[0], optimizer=run[1], scheduler=run[2]) == 3
+    _train_two(*run, 3, seed=1)
+    assert_same_bits(
+        {"model": ref[0].state_dict(), "opts": [o.state_dict() for o in _values(ref[1])]},
+        {"model": run[0].state_dict(), "opts": [o.state_dict() for o in _values(run[1])]},
+        "resumed",
+    )
+    assert [s.state_dict() for s in _values(ref[2])] == [s.state_dict() for s in _values(run[2])]
+    inspect(ckpt.checkpoints()[-1])
+    label = "0" if kind == "list" else "muon"
+    assert f"optimizer {label}: optimkit.optimizers.muon.Muon" in capsys.readouterr().out
+
+
+def test_several_optimizers_that_do_not_fit_change_nothing(tmp_path):
+    model, opts, scheds = _two_optimizer_run("list")
+    _train_two(model, opts, scheds, 2, seed=0)
+    Checkpointer(tmp_path).save(2, model=model, optimizer=opts, scheduler=scheds)
+    fresh = _two_optimizer_run("list")
+    before = [copy.deepcopy(o.state_dict()) for o in fresh[1]]
+    cases = {
+        r"holds 2 optimizers \(list\), one optimizer was given": dict(optimizer=fresh[1][0]),
+        "the checkpoint's optimizers are \\['0', '1'\\], the optimizers given are \\['muon', 'adamw'\\]": dict(
+            optimizer={"muon": fresh[1][0], "adamw": fresh[1][1]}
+        ),
+        "optimizer 1: checkpoint holds AdamW, optimizer is Muon": dict(optimizer=[fresh[1][0], fresh[1][0]]),
+    }
+    for message, objects in cases.items():
+        with pytest.raises(CheckpointMismatchError, match=message):
+            Checkpointer(tmp_path).restore(**objects)
+    assert [o.state_dict() for o in fresh[1]] == before
+    with pytest.raises(ValueError, match="holds no optimizer"):
+        Checkpointer(tmp_path / "x").save(1, optimizer=[])

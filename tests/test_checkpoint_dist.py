@@ -267,3 +267,39 @@ def test_one_process_without_a_process_group(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "distributed checkpoint" in shown and "step: 1" in shown and "AdamW" in shown, shown
     assert os.path.isdir(path)
+
+
+def test_one_process_several_optimizers_and_schedulers(tmp_path, capsys):
+    """Muon + AdamW through DCP (torch's get_state_dict merges several optimizers by name)."""
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 3))
+        muon = optimkit.Muon([model[0].weight, model[1].weight], lr=0.02)
+        adamw = optimkit.AdamW([model[0].bias, model[1].bias], lr=0.1)
+        scheds = {"muon": torch.optim.lr_scheduler.StepLR(muon, 1), "adamw": torch.optim.lr_scheduler.StepLR(adamw, 2)}
+        return model, {"muon": muon, "adamw": adamw}, scheds
+
+    def step(model, opts, scheds):
+        model(torch.randn(2, 4)).square().sum().backward()
+        for o in opts.values():
+            o.step()
+            o.zero_grad()
+        for s in scheds.values():
+            s.step()
+
+    model, opts, scheds = build()
+    step(model, opts, scheds)
+    path = optimkit.Checkpointer(tmp_path, distributed=True).save(1, model=model, optimizer=opts, scheduler=scheds)
+    model2, opts2, scheds2 = build()
+    with pytest.raises(optimkit.checkpoint.CheckpointMismatchError, match="holds 2 optimizers"):
+        optimkit.Checkpointer(tmp_path, distributed=True).restore(model=model2, optimizer=opts2["muon"])
+    assert not opts2["muon"].state  # nothing changed
+    assert optimkit.Checkpointer(tmp_path, distributed=True).restore(model=model2, optimizer=opts2, scheduler=scheds2) == 1
+    for k in opts:
+        _equal(opts2[k].state_dict(), opts[k].state_dict(), k)
+        assert scheds2[k].state_dict() == scheds[k].state_dict()
+    from optimkit.checkpoint import cli_show
+
+    assert cli_show([str(path)]) == 0
+    assert "optimizer muon class: optimkit.optimizers.muon.Muon" in capsys.readouterr().out

@@ -27,6 +27,10 @@ One process writes to a directory at a time (as with any checkpoint directory).
 **Distributed training** (DDP, FSDP2, ZeRO): ``Checkpointer(directory, distributed=True)``
 saves with ``torch.distributed.checkpoint`` -- every rank writes its own shards, and a job
 saved on 4 ranks restores on 2. See :mod:`optimkit.checkpoint.dcp`.
+
+**Several optimizers and schedulers**: ``optimizer=[a, b]`` or ``{"muon": a, "adamw": b}``
+(and the same for ``scheduler``) in ``save`` and ``restore``; each is checked and restored
+under its position or key.
 """
 
 from __future__ import annotations
@@ -53,8 +57,10 @@ from .format import (
     fsync_dir,
     header_fields,
     load,
+    pairs,
     prepare_rng,
     rng_state,
+    saved_entries,
     set_rng,
     shape_text,
 )
@@ -147,14 +153,11 @@ class Checkpointer:
             "extra": extra,
         }
         if optimizer is not None:
-            payload["optimizer"] = {
-                **class_name(optimizer),
-                "param_shapes": [[list(p.shape) for p in g["params"]] for g in optimizer.param_groups],
-                "state_dict": optimizer.state_dict(),
-            }
-        for key, obj in (("scheduler", scheduler), ("scaler", scaler)):
-            if obj is not None:
-                payload[key] = {**class_name(obj), "state_dict": obj.state_dict()}
+            payload["optimizer"] = saved_entries(optimizer, "optimizer", _optimizer_entry)
+        if scheduler is not None:
+            payload["scheduler"] = saved_entries(scheduler, "scheduler", _entry)
+        if scaler is not None:
+            payload["scaler"] = _entry(scaler)
         check_data(payload, "")
         header, body = encode(payload)
 
@@ -244,6 +247,18 @@ class Checkpointer:
         return payload["step"]
 
 
+def _entry(obj: Any) -> dict[str, Any]:
+    return {**class_name(obj), "state_dict": obj.state_dict()}
+
+
+def _optimizer_entry(optimizer: Any) -> dict[str, Any]:
+    return {
+        **class_name(optimizer),
+        "param_shapes": [[list(p.shape) for p in g["params"]] for g in optimizer.param_groups],
+        "state_dict": optimizer.state_dict(),
+    }
+
+
 def _check_fit(payload: dict[str, Any], objects: dict[str, Any]) -> list[str]:
     """Every way the checkpoint does not fit the objects, as sentences (empty: it fits)."""
     problems = []
@@ -267,39 +282,40 @@ def _check_fit(payload: dict[str, Any], objects: dict[str, Any]) -> list[str]:
                     f"{shape_text(current[k].shape)} in the model"
                 )
 
-    optimizer, saved_opt = objects["optimizer"], payload.get("optimizer")
-    if optimizer is not None and saved_opt is not None:
-        if saved_opt["class"] != type(optimizer).__qualname__:
-            problems.append(
-                f"checkpoint holds {saved_opt['class']}, optimizer is {type(optimizer).__qualname__}"
-            )
-        else:
-            saved_shapes = saved_opt["param_shapes"]
-            shapes = [[list(p.shape) for p in g["params"]] for g in optimizer.param_groups]
-            if len(saved_shapes) != len(shapes):
+    if objects["optimizer"] is not None and payload.get("optimizer") is not None:
+        for label, optimizer, saved_opt in pairs(objects["optimizer"], payload["optimizer"], "optimizer", problems):
+            problems += [f"optimizer {label}: {p}" if label else p for p in _optimizer_fit(optimizer, saved_opt)]
+    if objects["scheduler"] is not None and payload.get("scheduler") is not None:
+        for label, scheduler, saved_sched in pairs(objects["scheduler"], payload["scheduler"], "scheduler", problems):
+            if saved_sched["class"] != type(scheduler).__qualname__:
                 problems.append(
-                    f"the checkpoint's optimizer has {len(saved_shapes)} parameter group(s), "
-                    f"the optimizer has {len(shapes)}"
+                    f"checkpoint holds scheduler {label + ' ' if label else ''}{saved_sched['class']}, "
+                    f"scheduler is {type(scheduler).__qualname__}"
                 )
-            for i, (a, b) in enumerate(zip(saved_shapes, shapes)):
-                if len(a) != len(b):
-                    problems.append(
-                        f"optimizer group {i} has {len(a)} parameters in the checkpoint, {len(b)} in the optimizer"
-                    )
-                    continue
-                for j, (sa, sb) in enumerate(zip(a, b)):
-                    if sa != sb:
-                        problems.append(
-                            f"optimizer group {i} parameter {j} has shape {shape_text(sa)} in the "
-                            f"checkpoint, {shape_text(sb)} in the optimizer"
-                        )
+    return problems
 
-    scheduler, saved_sched = objects["scheduler"], payload.get("scheduler")
-    if scheduler is not None and saved_sched is not None:
-        if saved_sched["class"] != type(scheduler).__qualname__:
-            problems.append(
-                f"checkpoint holds scheduler {saved_sched['class']}, scheduler is {type(scheduler).__qualname__}"
-            )
+
+def _optimizer_fit(optimizer: Any, saved_opt: dict[str, Any]) -> list[str]:
+    """How one optimizer does not fit its saved entry: class, groups, parameter shapes."""
+    if saved_opt["class"] != type(optimizer).__qualname__:
+        return [f"checkpoint holds {saved_opt['class']}, optimizer is {type(optimizer).__qualname__}"]
+    problems = []
+    saved_shapes = saved_opt["param_shapes"]
+    shapes = [[list(p.shape) for p in g["params"]] for g in optimizer.param_groups]
+    if len(saved_shapes) != len(shapes):
+        problems.append(
+            f"the checkpoint's optimizer has {len(saved_shapes)} parameter group(s), the optimizer has {len(shapes)}"
+        )
+    for i, (a, b) in enumerate(zip(saved_shapes, shapes)):
+        if len(a) != len(b):
+            problems.append(f"optimizer group {i} has {len(a)} parameters in the checkpoint, {len(b)} in the optimizer")
+            continue
+        for j, (sa, sb) in enumerate(zip(a, b)):
+            if sa != sb:
+                problems.append(
+                    f"optimizer group {i} parameter {j} has shape {shape_text(sa)} in the "
+                    f"checkpoint, {shape_text(sb)} in the optimizer"
+                )
     return problems
 
 
@@ -323,10 +339,11 @@ def _apply(payload: dict[str, Any], path: Path, objects: dict[str, Any]) -> None
     what = ""
     try:
         for what in ("optimizer", "scheduler", "scaler"):
-            obj = objects[what]
-            if obj is not None:
+            if objects[what] is None:
+                continue
+            for _, obj, saved in pairs(objects[what], payload[what], what, []):
                 before = obj.state_dict() if what == "optimizer" else copy.deepcopy(obj.state_dict())
-                obj.load_state_dict(payload[what]["state_dict"])
+                obj.load_state_dict(saved["state_dict"])
                 undo.append((obj, before))
         what = "model"
         if objects["model"] is not None:

@@ -49,13 +49,17 @@ from .format import (
     class_name,
     describe_objects,
     encode,
+    entries,
     fsync_dir,
     header_fields,
     human_size,
     load,
+    pairs,
     prepare_rng,
     rng_state,
+    saved_entries,
     set_rng,
+    several,
     short,
 )
 
@@ -138,6 +142,16 @@ def _payload(step: int, **fields: Any) -> dict[str, Any]:
     return {**header_fields(step), **fields}
 
 
+def _optimizers(optimizer: Any) -> Any:
+    items = several(optimizer, "optimizer")
+    return optimizer if items is None else list(items.values())
+
+
+def _as_list(optimizer: Any) -> list[Any]:
+    items = several(optimizer, "optimizer")
+    return [optimizer] if items is None else list(items.values())
+
+
 def _states(model: Any, optimizer: Any) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
@@ -147,7 +161,8 @@ def _states(model: Any, optimizer: Any) -> dict[str, Any]:
                 "a distributed checkpoint of an optimizer needs its model too: torch's "
                 "get_state_dict keys the optimizer state by parameter name"
             )
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        # Several optimizers (a list or dict): torch merges their states, keyed by parameter name.
+        model_sd, optim_sd = get_state_dict(model, _optimizers(optimizer))
         return {"model": model_sd, "optimizer": optim_sd}
     return {} if model is None else {"model": get_model_state_dict(model)}
 
@@ -174,8 +189,8 @@ def save(
     if rank == 0:
         meta = _payload(
             step, world_size=world, extra=extra, model=model is not None,
-            optimizer=None if optimizer is None else class_name(optimizer),
-            scheduler=None if scheduler is None else {**class_name(scheduler), "state_dict": scheduler.state_dict()},
+            optimizer=None if optimizer is None else saved_entries(optimizer, "optimizer", class_name),
+            scheduler=None if scheduler is None else saved_entries(scheduler, "scheduler", _entry),
             scaler=None if scaler is None else {**class_name(scaler), "state_dict": scaler.state_dict()},
         )  # fmt: skip
         _write(tmp / _META, meta)
@@ -224,15 +239,22 @@ def _choose(directory: Path, path: Any) -> tuple[Path | None, dict[str, Any] | N
     return None, None, None
 
 
+def _entry(obj: Any) -> dict[str, Any]:
+    return {**class_name(obj), "state_dict": obj.state_dict()}
+
+
 def _check_fit(meta: dict[str, Any], path: Path, objects: dict[str, Any]) -> None:
-    problems = []
+    problems: list[str] = []
     for key in ("model", "optimizer", "scheduler", "scaler"):
         if objects[key] is not None and not meta.get(key):
             problems.append(f"the checkpoint holds no {key} state, but a {key} was given")
     for key in ("optimizer", "scheduler", "scaler"):
-        obj, saved = objects[key], meta.get(key)
-        if obj is not None and saved and saved["class"] != type(obj).__qualname__:
-            problems.append(f"checkpoint holds {key} {saved['class']}, {key} is {type(obj).__qualname__}")
+        if objects[key] is None or not meta.get(key):
+            continue
+        for label, obj, saved in pairs(objects[key], meta[key], key, problems):
+            if saved["class"] != type(obj).__qualname__:
+                name = f"{key} {label}" if label else key
+                problems.append(f"checkpoint holds {name} {saved['class']}, {name} is {type(obj).__qualname__}")
     if problems:
         raise CheckpointMismatchError(
             f"checkpoint {path} (step {meta['step']}) does not fit, nothing was restored:\n  - "
@@ -270,7 +292,7 @@ def restore(
 
     # torch's get_state_dict initialises an optimizer without state by a step with lr=0
     # (its state's shapes are needed); undo that if anything below fails.
-    fresh = optimizer is not None and not optimizer.state
+    fresh = [o for o in ([] if optimizer is None else _as_list(optimizer)) if not o.state]
     try:
         states = _states(model, optimizer)
         # Load into copies: a failed load (a missing key, another shape) changes nothing.
@@ -279,8 +301,8 @@ def restore(
             with _quiet_single_process():
                 dcp.load(copies, storage_reader=dcp.FileSystemReader(str(chosen)))
     except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
-        if fresh:
-            optimizer.state.clear()
+        for o in fresh:
+            o.state.clear()
         raise CheckpointMismatchError(
             f"checkpoint {chosen} (step {meta['step']}) does not fit, nothing was restored: {_reason(e)}"
         ) from e
@@ -289,12 +311,13 @@ def restore(
 
     if model is not None:
         set_state_dict(
-            model, optimizer if optimizer is not None else [],
+            model, _optimizers(optimizer) if optimizer is not None else [],
             model_state_dict=copies["model"], optim_state_dict=copies.get("optimizer", {}),
         )  # fmt: skip
-    for key, obj in (("scheduler", scheduler), ("scaler", scaler)):
-        if obj is not None:
-            obj.load_state_dict(meta[key]["state_dict"])
+    for key, value in (("scheduler", scheduler), ("scaler", scaler)):
+        if value is not None:
+            for _, obj, saved in pairs(value, meta[key], key, []):
+                obj.load_state_dict(saved["state_dict"])
     if rng is not None:
         set_rng(rng)
     else:
@@ -326,8 +349,8 @@ def describe(path: Path) -> str:
             numel = sum(int(torch.Size(s).numel()) for s in sizes)
             if keys:
                 lines.append(f"{prefix}: {len(keys)} entries, {numel:,} elements (global shapes)")
-    if meta.get("optimizer"):
-        lines.append(f"optimizer class: {meta['optimizer']['module']}.{meta['optimizer']['class']}")
+    for label, opt in entries(meta.get("optimizer")).items():
+        lines.append(f"optimizer{' ' + label if label else ''} class: {opt['module']}.{opt['class']}")
     lines += describe_objects(meta)
     ranks = sorted(int(f.name[4:-5]) for f in path.glob("rng-*.ckpt"))
     lines.append(f"rng: per rank, ranks {ranks}")

@@ -256,16 +256,67 @@ def short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def entries(saved: Any) -> dict[str, Any]:
+    """The saved objects of one kind, by key: ``{"": entry}`` for one object, ``{key: entry}``
+    for several (``Checkpointer.save(optimizer=[a, b])`` saves ``{"several": "list", "items":
+    {"0": ..., "1": ...}}``)."""
+    if not saved:
+        return {}
+    if "several" in saved:
+        return dict(saved["items"])
+    return {"": saved}
+
+
+def several(value: Any, what: str) -> dict[str, Any] | None:
+    """``{key: object}`` for a list or dict of objects (None: one object). Several optimizers
+    (or schedulers) are saved under their list positions or dict keys."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{what}=[] holds no {what}")
+        return {str(i): v for i, v in enumerate(value)}
+    if isinstance(value, dict):
+        if not value or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"a dict of {what}s needs string keys (and at least one {what})")
+        return dict(value)
+    return None
+
+
+def saved_entries(value: Any, what: str, entry: Any) -> dict[str, Any]:
+    """What a checkpoint holds for one object (``entry(obj)``) or several (see :func:`entries`)."""
+    items = several(value, what)
+    if items is None:
+        return entry(value)
+    kind = "list" if isinstance(value, (list, tuple)) else "dict"
+    return {"several": kind, "items": {k: entry(v) for k, v in items.items()}}
+
+
+def pairs(value: Any, saved: Any, what: str, problems: list[str]) -> list[tuple[str, Any, Any]]:
+    """``(label, object, saved entry)`` for each object given, or the structural problems."""
+    items = several(value, what)
+    if items is None:
+        if saved and "several" in saved:
+            problems.append(f"the checkpoint holds {len(saved['items'])} {what}s ({saved['several']}), one {what} was given")
+            return []
+        return [("", value, saved)]
+    if not saved or "several" not in saved:
+        problems.append(f"the checkpoint holds one {what}, {len(items)} were given")
+        return []
+    if list(saved["items"]) != list(items):
+        problems.append(f"the checkpoint's {what}s are {list(saved['items'])}, the {what}s given are {list(items)}")
+        return []
+    return [(k, items[k], saved["items"][k]) for k in items]
+
+
 def describe_objects(payload: dict[str, Any]) -> list[str]:
     """The scheduler and scaler lines of :func:`describe` (shared with the distributed format)."""
     lines = []
     for key in ("scheduler", "scaler"):
-        entry = payload.get(key)
-        if entry:
+        for label, entry in entries(payload.get(key)).items():
             fields = ", ".join(
                 f"{k}={short(v)}" for k, v in entry["state_dict"].items() if not k.startswith("__")
             )
-            lines.append(f"{key}: {entry['module']}.{entry['class']}: {fields}")
+            name = f"{key} {label}" if label else key
+            lines.append(f"{name}: {entry['module']}.{entry['class']}: {fields}")
     return lines
 
 
@@ -287,12 +338,11 @@ def describe_file(path: Path) -> str:
         if len(tensors) > 12:
             lines.append(f"  ... {len(tensors) - 12} more")
 
-    opt = payload.get("optimizer")
-    if opt is not None:
+    for label, opt in entries(payload.get("optimizer")).items():
         sd = opt["state_dict"]
         groups = sd.get("param_groups", [])
         lines.append(
-            f"optimizer: {opt['module']}.{opt['class']}, {len(groups)} group(s), state for "
+            f"optimizer{' ' + label if label else ''}: {opt['module']}.{opt['class']}, {len(groups)} group(s), state for "
             f"{len(sd.get('state', {}))} parameter(s), {human_size(_nbytes(sd.get('state', {})))}"
         )
         for i, group in enumerate(groups):
