@@ -233,7 +233,7 @@ def _block_ordinals(model: nn.Module) -> Callable[[str], int]:
     children hold parameters are the blocks (the model itself, if it is one); parameters
     registered before them are layer 0, block ``i`` is ``i + 1``, parameters after them the
     last layer."""
-    best, best_name, most = None, "", 1
+    best, best_name, most = None, "", 0
     for mname, module in model.named_modules():  # the model itself counts (a Sequential model)
         if isinstance(module, (nn.ModuleList, nn.Sequential)):
             n = sum(1 for child in module.children() if any(True for _ in child.parameters()))
@@ -241,7 +241,7 @@ def _block_ordinals(model: nn.Module) -> Callable[[str], int]:
                 best, best_name, most = module, mname, n
     if best is None:
         raise ValueError(
-            "layer_decay: cannot find the model's blocks (no ModuleList or Sequential of 2 or more blocks); "
+            "layer_decay: cannot find the model's blocks (no ModuleList or Sequential of modules with parameters); "
             "pass layers= (a timm group_matcher dict or a callable name -> layer id)"
         )
     prefix = best_name + "." if best_name else ""
