@@ -19,9 +19,10 @@ from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
+from .soap import SOAP
 from .sparse_adam import SparseAdam
 
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
-    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "CAME",
+    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "CAME", "SOAP",
 ]  # fmt: skip
