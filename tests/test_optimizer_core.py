@@ -63,8 +63,9 @@ def test_signature_and_defaults_equal_torch(name):
 def test_defaults_and_repr_equal_torch(name):
     spec = REGISTRY[name]
     if spec.torch_cls is None:  # an authors' package: its defaults, beside optimkit's own bookkeeping
-        theirs = spec.make_oracle(_params())
-        ours = spec.cls(_params())
+        # configs[0] is the defaults, plus what has none (CAME's lr=None must be given).
+        theirs = spec.make_oracle(_params(), **spec.configs[0])
+        ours = spec.cls(_params(), **spec.configs[0])
         assert_same({k: ours.defaults[k] for k in theirs.defaults}, theirs.defaults)
         return
     ours = spec.cls(_params())

@@ -230,16 +230,20 @@ class Pair:
     raised: bool = False
 
 
-def _assert_untouched_or_like_torch(pair: Pair, before: Any, step: int) -> None:
+def _assert_untouched_or_like_torch(pair: Pair, before: Any, step: int, spec: OptimizerSpec) -> None:
     """After both raised: optimkit changed nothing, or (where torch itself had changed
     something before raising, e.g. Adafactor's for-loop updated the parameters before the
-    one it raised on) optimkit changed exactly what torch did."""
+    one it raised on) optimkit changed exactly what torch did (an authors' package: its state
+    and its group keys, as ``assert_same_state_dict``)."""
     after = _snapshot(pair.ours, pair.ours_storages)
     try:
         assert_same(after, before, f"optimkit after raising at step {step}")
     except AssertionError as untouched:
         try:
-            assert_same(after, _snapshot(pair.ref, pair.ref_storages), f"after raising at step {step}")
+            ref = _snapshot(pair.ref, pair.ref_storages)
+            where = f"after raising at step {step}"
+            assert_same(after["params"], ref["params"], f"{where}.params")
+            assert_same_state_dict(after["state_dict"], ref["state_dict"], spec, f"{where}.state_dict")
         except AssertionError as like_torch:
             raise AssertionError(f"{untouched}; and unlike torch: {like_torch}") from None
 
@@ -252,7 +256,7 @@ def compare_steps(pair: Pair, spec: OptimizerSpec, grads: Callable, steps: range
         _, e_ref = _attempt(lambda: _one_step(pair.ref, pair.ref_params, spec, grads, step))  # noqa: B023
         _, e_ours = _attempt(lambda: _one_step(pair.ours, pair.ours_params, spec, grads, step))  # noqa: B023
         if _same_failure(e_ours, e_ref, f"step {step}"):
-            _assert_untouched_or_like_torch(pair, before, step)
+            _assert_untouched_or_like_torch(pair, before, step, spec)
             pair.raised = True
             return pair
         for i, (a, b) in enumerate(zip(pair.ours_params, pair.ref_params)):

@@ -733,8 +733,13 @@ class Optimizer(torch.optim.Optimizer):
                 value.is_complex() and param.is_complex()
             )
             dtype = param.dtype if same_kind else value.dtype
+            value = value.to(dtype=dtype, device=param.device, copy=True)
+            if self.rule is not None and key not in self.rule.param_keys:
+                # Not param-shaped state, even where the shapes agree (SOAP's statistic of a
+                # square matrix, a tensor in a list: key None): replicated, never sharded.
+                return value
             # A full (unsharded) state loaded for a sharded parameter: keep this rank's shard.
-            return dtensor.localize_loaded(value.to(dtype=dtype, device=param.device, copy=True), param)
+            return dtensor.localize_loaded(value, param)
         if isinstance(value, dict):
             return {k: self._cast_state(param, v, group, key=k) for k, v in value.items()}
         if key == "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

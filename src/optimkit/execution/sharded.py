@@ -131,7 +131,8 @@ def step_gathered(run: Any, p: Any, g: Tensor, st: dict[str, Any], init: Any) ->
 
     ``init(full_param, full_grad)`` creates the state for a first step from full tensors, so
     state shapes that depend on the whole parameter (Adafactor's row/column variances) come
-    out right. Param-shaped state is then sharded like the parameter; the rest replicated.
+    out right. Param-shaped state is then sharded like the parameter; the rest replicated
+    (numbers, and containers such as SOAP's lists of matrices, as they are).
     """
     full_p = p.full_tensor()
     full_g = _like_param(g, p).full_tensor()
@@ -143,7 +144,7 @@ def step_gathered(run: Any, p: Any, g: Tensor, st: dict[str, Any], init: Any) ->
         old = st.get(k)
         if is_dtensor(old):
             old.to_local().copy_(shard_like(v, old).to_local())
-        elif fresh and v.dim() > 0 and v.shape == p.shape:
+        elif fresh and isinstance(v, Tensor) and v.dim() > 0 and v.shape == p.shape:
             st[k] = shard_like(v, p)
         else:
             st[k] = v

@@ -10,6 +10,7 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .asgd import ASGD
+from .came import CAME
 from .lbfgs import LBFGS
 from .lion import Lion
 from .muon import Muon
@@ -18,9 +19,10 @@ from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
+from .soap import SOAP
 from .sparse_adam import SparseAdam
 
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
-    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion",
+    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "CAME", "SOAP",
 ]  # fmt: skip
