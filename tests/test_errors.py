@@ -71,7 +71,7 @@ def test_error_leaves_nothing_half_done(name):
     spec = REGISTRY[name]
     shape = (2, 2)
     p1, p2 = torch.nn.Parameter(torch.ones(shape)), torch.nn.Parameter(torch.ones(shape))
-    opt = spec.cls([p1])
+    opt = spec.cls([p1], **spec.required)
     before = copy.deepcopy(opt.param_groups[0])
     bad = {"params": [p2, p1], "lr": 0.5}
     with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):

@@ -63,8 +63,8 @@ def test_signature_and_defaults_equal_torch(name):
 def test_defaults_and_repr_equal_torch(name):
     spec = REGISTRY[name]
     if spec.torch_cls is None:  # an authors' package: its defaults, beside optimkit's own bookkeeping
-        theirs = spec.make_oracle(_params())
-        ours = spec.cls(_params())
+        theirs = spec.make_oracle(_params(), **spec.required)
+        ours = spec.cls(_params(), **spec.required)
         assert_same({k: ours.defaults[k] for k in theirs.defaults}, theirs.defaults)
         return
     ours = spec.cls(_params())

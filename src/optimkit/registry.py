@@ -10,6 +10,7 @@ export line; it appears here by itself.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,6 +53,20 @@ class OptimizerSpec:
 
     def __repr__(self) -> str:
         return f"OptimizerSpec({self.name!r}, {self.cls.__qualname__})"
+
+    @property
+    def required(self) -> dict[str, Any]:
+        """Constructor arguments without a default (SAM's ``base_optimizer``), valued from the
+        first config: what building the optimizer takes besides ``params`` (empty for most)."""
+        try:
+            signature = inspect.signature(self.cls.__init__)
+        except (TypeError, ValueError):
+            return {}
+        names = [
+            p.name for p in list(signature.parameters.values())[2:]
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]  # fmt: skip
+        return {name: self.configs[0][name] for name in names if name in self.configs[0]}
 
     @property
     def closure(self) -> bool:
@@ -128,5 +143,9 @@ def get_spec(name: str) -> OptimizerSpec:
 
 
 def create_optimizer(name: str, params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
-    """Build a registered optimizer by name: ``create_optimizer("adamw", model.parameters(), lr=3e-4)``."""
-    return get_spec(name).cls(params, **kwargs)
+    """Build a registered optimizer by name: ``create_optimizer("adamw", model.parameters(), lr=3e-4)``.
+
+    Arguments the constructor requires and ``kwargs`` lacks come from the spec's first config
+    (:attr:`OptimizerSpec.required`: ``create_optimizer("sam", params)`` wraps optimkit's SGD)."""
+    spec = get_spec(name)
+    return spec.cls(params, **{**spec.required, **kwargs})
