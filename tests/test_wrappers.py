@@ -452,3 +452,27 @@ def test_sam_refuses_clearly():
     with pytest.raises(RuntimeError, match="SAM requires a closure"):
         opt.step()
     assert optimkit.create_optimizer("sam", params).base_optimizer.__class__ is optimkit.SGD
+
+
+def test_lookahead_around_sam_is_the_oracles_pair():
+    """The wrappers compose: Lookahead(SAM(...)) steps with a closure, as the oracles' pair does."""
+    from oracle_adapters import SAM as DrivenOracleSAM
+
+    x, y = data(torch.float64)
+    models = [mlp(torch.float64), mlp(torch.float64)]
+    ours = optimkit.Lookahead(optimkit.SAM(models[0].parameters(), optimkit.SGD, lr=0.1, momentum=0.9), k=3)
+    ref = OracleLookahead(
+        DrivenOracleSAM(models[1].parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, foreach=False), k=3
+    )
+    for step in range(10):
+        for model, opt in zip(models, (ours, ref)):
+
+            def closure(model=model, opt=opt):
+                opt.zero_grad()
+                loss = _loss(model, x, y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        ours_p, ref_p = ([p.detach() for p in m.parameters()] for m in models)
+        assert_same(ours_p, ref_p, f"step {step}")
