@@ -17,6 +17,7 @@ Protocol: ``{"job": ...}`` -> ``pid N``, then the child's lines; ``{"wait": N}``
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -61,8 +62,8 @@ def build(name: str, steps: int, lib: str = "optimkit") -> tuple[torch.nn.Module
             layers.append(torch.nn.Dropout(0.1))
         layers.append(torch.nn.Linear(32, 10, bias=bias))
         model = torch.nn.Sequential(*layers)
-    kwargs: dict[str, Any] = {"lr": spec.lab_lr}
-    if spec.closure:
+    kwargs: dict[str, Any] = {**spec.required, "lr": spec.lab_lr}
+    if spec.closure and "max_iter" in inspect.signature(spec.cls).parameters:  # LBFGS
         kwargs.update(max_iter=4, line_search_fn="strong_wolfe")
     cls = spec.cls if lib == "optimkit" else spec.torch_cls
     optimizer = cls(model.parameters(), **kwargs)

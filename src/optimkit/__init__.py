@@ -15,6 +15,8 @@ from .optimizer import (
     required,
 )
 from .optimizers import *  # noqa: F403 - every optimizer, listed once in optimizers/__init__.py
+from .optimizers import WRAPPERS as _wrappers
+from .optimizers import Lookahead as Lookahead
 from .optimizers import __all__ as _optimizers
 from .registry import create_optimizer
 from .schedule import lr_scheduler, schedules, swa_utils
@@ -29,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     *_optimizers,
+    *_wrappers,
     "Optimizer",
     "Checkpointer",
     "create_optimizer",

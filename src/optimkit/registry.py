@@ -56,6 +56,20 @@ class OptimizerSpec:
         return f"OptimizerSpec({self.name!r}, {self.cls.__qualname__})"
 
     @property
+    def required(self) -> dict[str, Any]:
+        """Constructor arguments without a default (SAM's ``base_optimizer``), valued from the
+        first config: what building the optimizer takes besides ``params`` (empty for most)."""
+        try:
+            signature = inspect.signature(self.cls.__init__)
+        except (TypeError, ValueError):
+            return {}
+        names = [
+            p.name for p in list(signature.parameters.values())[2:]
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]  # fmt: skip
+        return {name: self.configs[0][name] for name in names if name in self.configs[0]}
+
+    @property
     def closure(self) -> bool:
         return self.caps.closure
 
@@ -148,7 +162,11 @@ def create_optimizer(
     layer_decay=0.75)``. The keywords are timm's ``create_optimizer_v2``'s where they overlap;
     the others go to the optimizer.
     """
-    cls = get_spec(name).cls
+    spec = get_spec(name)
+    cls = spec.cls
+    # Arguments the constructor requires and kwargs lack come from the spec's first config
+    # (OptimizerSpec.required: create_optimizer("sam", params) wraps optimkit's SGD).
+    kwargs = {**spec.required, **kwargs}
     if not isinstance(model_or_params, torch.nn.Module):
         if layer_decay is not None or param_group_fn is not None:
             raise TypeError("create_optimizer: layer_decay and param_group_fn need a model, not parameters")

@@ -1,7 +1,9 @@
 """Every optimizer: one module each, the update rule (tensor math) and its torch-style class.
 
 Adding an optimizer is one module here and one line below; the registry, the test tables, the
-lab, the benchmarks and the CLI find it through this list.
+lab, the benchmarks and the CLI find it through this list. ``Lookahead`` lives here too but is
+not listed: it wraps an optimizer *instance*, which the registry's ``cls(params, **config)``
+cannot build (``optimkit.Lookahead``; its table is ``tests/test_wrappers.py``).
 """
 
 from .adadelta import Adadelta
@@ -13,16 +15,20 @@ from .asgd import ASGD
 from .came import CAME
 from .lbfgs import LBFGS
 from .lion import Lion
+from .lookahead import Lookahead as Lookahead  # a wrapper: not in __all__ (see above)
 from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
+from .sam import SAM
 from .sgd import SGD
 from .soap import SOAP
 from .sparse_adam import SparseAdam
 
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
-    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "CAME", "SOAP",
+    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "CAME", "SOAP", "SAM",
 ]  # fmt: skip
+
+WRAPPERS = ["Lookahead"]  # exported by optimkit, outside the registry
