@@ -10,10 +10,13 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .asgd import ASGD
+from .dadapt_adam import DAdaptAdam
+from .dadapt_sgd import DAdaptSGD
 from .lbfgs import LBFGS
 from .lion import Lion
 from .muon import Muon
 from .nadam import NAdam
+from .prodigy import Prodigy
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
@@ -22,5 +25,6 @@ from .sparse_adam import SparseAdam
 
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
-    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion",
+    "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "Prodigy",
+    "DAdaptAdam", "DAdaptSGD",
 ]  # fmt: skip
