@@ -100,8 +100,8 @@ def dadapt_adam_step(parts: list[GroupTensors], open_states: Callable[[], None])
         group["d"] = d
         decay, k, eps = group["weight_decay"], group["k"], group["eps"]
         for p, state in zip(part.params, part.states):
+            state["step"] += 1  # a number in the state itself (local() gives the shards in another dict)
             p, _, state = local(p, p, state)
-            state["step"] += 1
             denom = state["exp_avg_sq"].sqrt().add_(eps)
             if decay != 0 and decouple:
                 p.add_(p, alpha=-decay * dlr)

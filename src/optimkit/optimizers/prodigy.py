@@ -123,8 +123,8 @@ def prodigy_step(parts: list[GroupTensors], open_states: Callable[[], None]) -> 
         group.update(d_numerator=global_d_numerator, d_denom=global_d_denom, d=d, d_max=d_max, d_hat=d_hat)
         decay, k, eps = group["weight_decay"], group["k"], group["eps"]
         for p, grad, state in zip(part.params, part.grads, part.states):
+            state["step"] += 1  # a number in the state itself (local() gives the shards in another dict)
             p, grad, state = local(p, grad, state)
-            state["step"] += 1
             _update(p, grad, state, dlr=dlr, d=d, eps=eps, decay=decay if decouple else 0, beta1=beta1)
         group["k"] = k + 1
 
