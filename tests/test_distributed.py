@@ -278,8 +278,14 @@ def _guard(fn: Any, *args: Any) -> dict[str, Any]:
 
 ALL = list(REGISTRY)
 ELEMENTWISE = [n for n, s in REGISTRY.items() if s.elementwise]
-#: Rules that need whole tensors: Muon, LBFGS, Adafactor.
+#: Rules that need whole tensors: Muon, LBFGS, Adafactor -- and the optimizers whose step
+#: size is a sum over every parameter (Prodigy, D-Adaptation: ``GLOBAL_SUMS``), whose sums over
+#: DTensor shards are added up across ranks.
 WHOLE_TENSOR = [n for n, s in REGISTRY.items() if not s.elementwise and s.sparse != "only"]
+#: A step size summed over the whole model (group-scope rules). Under ZeRO-1 each rank's
+#: local optimizer holds other parameters, so it must be told to add its sums up over the
+#: process group: the oracles' flag ``fsdp_in_use=True``, which their ZeRO cases pass.
+GLOBAL_SUMS = [n for n, s in REGISTRY.items() if s.caps.scope == "group"]
 
 
 # ---------------------------------------------------------------------------- 1. DDP
@@ -541,9 +547,14 @@ def state_numel(state: Any) -> int:
 
 
 @functools.cache
+def zero_kwargs(name: str, config: int) -> dict[str, Any]:
+    """The config (for ``GLOBAL_SUMS``: with ``fsdp_in_use=True``, which one process ignores)."""
+    return {**clone_kwargs(REGISTRY[name].configs[config]), **({"fsdp_in_use": True} if name in GLOBAL_SUMS else {})}
+
+
 def even_reference(name: str, config: int) -> dict[str, Any]:
     model = make_even_model(name)
-    opt = REGISTRY[name].cls(model.parameters(), **clone_kwargs(REGISTRY[name].configs[config]))
+    opt = REGISTRY[name].cls(model.parameters(), **zero_kwargs(name, config))
     _train_even(model, opt, name)
     return {
         "params": full(list(model.parameters())),
@@ -559,7 +570,7 @@ def _zero_case(rank: int, world: int, name: str, config: int) -> dict[str, Any]:
     model = make_even_model(name)
     ddp = DDP(model)
     opt = ZeroRedundancyOptimizer(
-        ddp.parameters(), optimizer_class=REGISTRY[name].cls, **clone_kwargs(REGISTRY[name].configs[config])
+        ddp.parameters(), optimizer_class=REGISTRY[name].cls, **zero_kwargs(name, config)
     )
     _train_even(ddp, opt, name, rank, world)
     local = opt.optim
@@ -589,7 +600,8 @@ def test_zero1_matches_and_shards_state(zero_results, name, config):
     """ZeroRedundancyOptimizer(params, optimizer_class=<optimkit class>) over DDP: parameters
     (on every rank) and the consolidated state dict match one process; each rank's local
     optimkit optimizer holds 1/world_size of the state (exactly, for this evenly splittable
-    model), and together they hold all of it."""
+    model), and together they hold all of it. ``GLOBAL_SUMS`` optimizers run with
+    ``fsdp_in_use=True`` (see there)."""
     expected = even_reference(name, config)
     results = [r[(name, config)] for r in zero_results]
     for rank, result in enumerate(results):
