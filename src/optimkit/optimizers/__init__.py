@@ -9,6 +9,7 @@ from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
+from .adan import Adan
 from .adopt import ADOPT
 from .asgd import ASGD
 from .lbfgs import LBFGS
@@ -24,5 +25,5 @@ from .sparse_adam import SparseAdam
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
     "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion",
-    "ADOPT",
+    "ADOPT", "Adan",
 ]  # fmt: skip
