@@ -10,6 +10,7 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .adan import Adan
+from .ademamix import AdEMAMix
 from .adopt import ADOPT
 from .asgd import ASGD
 from .lbfgs import LBFGS
@@ -25,5 +26,5 @@ from .sparse_adam import SparseAdam
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
     "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion",
-    "ADOPT", "Adan",
+    "ADOPT", "Adan", "AdEMAMix",
 ]  # fmt: skip
