@@ -115,7 +115,8 @@ class Adan(Optimizer):
             and ``eps`` (the groups' copies are not read). Under FSDP2 the norm is of the
             whole (unsharded) gradients; under ``ZeroRedundancyOptimizer`` each rank's
             optimizer would see only its own parameters' gradients.
-        foreach (bool): accepted; the numbers are always the per-parameter path's.
+        foreach (bool): accepted; the numbers are always the per-parameter path's (on CPU the
+            oracle's foreach path gives the same bits, measured over 20 steps in float32/float64).
         eps (float): :math:`\epsilon` (default: 1e-8).
         maximize (bool): maximize the objective (a group key here; the oracle keeps it on the
             optimizer).

@@ -116,7 +116,8 @@ class ADOPT(Optimizer):
             :math:`\lambda\theta` to the gradient.
         foreach (bool): accepted; the numbers are always the for-loop's. (The authors'
             foreach path evaluates ``clip_lambda`` on a float32 step tensor, so for float64 it
-            can differ from their for-loop in the last bits; this class follows the for-loop.)
+            differs from their for-loop -- by 6e-11 relative after 20 steps, measured; float32
+            agrees -- and this class follows the for-loop.)
         maximize (bool): maximize the objective.
         capturable, differentiable: as torch's Adam. fused: refused, as by the authors' class.
         compile (bool): run the rule under ``torch.compile`` (see the README).
