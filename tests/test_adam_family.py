@@ -205,3 +205,14 @@ def test_adopt_clip_lambda_is_the_optimizers_and_travels_with_it():
 def test_adopt_refuses_fused_as_the_oracle():
     with pytest.raises(RuntimeError, match="`fused` is not currently supported"):
         optimkit.ADOPT([torch.nn.Parameter(torch.ones(2))], fused=True)
+
+
+def test_ademamix_refuses_complex_parameters_before_changing_anything():
+    p = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    before = p.detach().clone()
+    opt = optimkit.AdEMAMix([p])
+    p.grad = torch.randn(3, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match="AdEMAMix does not support complex parameters"):
+        opt.step()
+    assert_same(p.detach(), before)
+    assert p not in opt.state

@@ -119,7 +119,7 @@ class AdEMAMix(Optimizer):
     math and state, one rounding per step).
 
     Args:
-        params: real parameters, named parameters or parameter groups.
+        params: real parameters (complex ones are refused), named parameters or parameter groups.
         lr (float): learning rate :math:`\gamma` (default: 1e-3).
         betas (tuple of 3 floats): :math:`(\beta_1, \beta_2, \beta_3)` (default: (0.9, 0.999, 0.9999)).
         alpha (float): weight :math:`\alpha` of the slow momentum (default: 5.0).
@@ -184,6 +184,12 @@ class AdEMAMix(Optimizer):
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, alpha=alpha, t_alpha=t_alpha, t_beta3=t_beta3
         )
         super().__init__(params, defaults, compile=compile)
+
+    def _check_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        super()._check_group(group, params)
+        if any(torch.is_complex(p) for p in params):
+            # bitsandbytes would drop the imaginary parts (``g.float()``); refuse instead.
+            raise RuntimeError("AdEMAMix does not support complex parameters")
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         hyper = super()._hyper(group)
