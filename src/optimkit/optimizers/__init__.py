@@ -11,6 +11,9 @@ from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
+from .adan import Adan
+from .ademamix import AdEMAMix
+from .adopt import ADOPT
 from .asgd import ASGD
 from .came import CAME
 from .dadapt_adam import DAdaptAdam
@@ -32,7 +35,7 @@ from .sparse_adam import SparseAdam
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
     "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "CAME", "SOAP", "SAM", "Prodigy",
-    "DAdaptAdam", "DAdaptSGD",
+    "DAdaptAdam", "DAdaptSGD", "ADOPT", "Adan", "AdEMAMix",
 ]  # fmt: skip
 
 WRAPPERS = ["Lookahead"]  # exported by optimkit, outside the registry
