@@ -14,6 +14,7 @@ from .lamb import LAMB
 from .lars import LARS
 from .lbfgs import LBFGS
 from .lion import Lion
+from .mars import MARS
 from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
@@ -25,5 +26,5 @@ from .sparse_adam import SparseAdam
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
     "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion",
-    "LAMB", "LARS",
+    "LAMB", "LARS", "MARS",
 ]  # fmt: skip
