@@ -219,16 +219,18 @@ class LAMB(Optimizer):
     Batch Optimization for Deep Learning: Training BERT in 76 minutes* (ICLR 2020), exactly as
     pytorch-optimizer's ``Lamb`` (version 4.1.0).
 
-    Which LAMB. The paper's versions differ (v1 bias-corrects both moments and has no
-    :math:`\epsilon` in the ratio; v3, the ICLR version, puts the weight decay inside the
-    update whose norm is taken). This is pytorch-optimizer's: Adam's direction
-    :math:`r = m / (\sqrt v + \epsilon)` with *no* second-moment bias correction and the first
-    moment's folded into the step size :math:`\gamma / (1 - \beta_1^t)`; weight decay
+    Which LAMB. The paper's arXiv versions differ in the bias correction of the moments and in
+    where the weight decay enters (v3, the ICLR version, adds :math:`\lambda\theta` to the
+    Adam direction whose norm the trust ratio takes); implementations differ again. This is
+    pytorch-optimizer's: Adam's direction :math:`r = m / (\sqrt v + \epsilon)` with *no*
+    second-moment bias correction and the first moment's folded into the step size
+    :math:`\gamma / (1 - \beta_1^t)` (its docstring says "version 3 of the paper without bias
+    correction"; its code divides by :math:`1-\beta_1^t` -- the code is followed); weight decay
     *decoupled* by default (:math:`\theta \leftarrow \theta(1-\gamma\lambda)` before the update,
-    outside :math:`r` -- ``weight_decouple=False`` puts :math:`\lambda\theta` into :math:`r` as
-    in v3); trust ratio :math:`\min(\lVert\theta\rVert, 10) / (\lVert r\rVert + \epsilon)`, 1
-    where either norm is 0. It is not timm's ``Lamb`` (which bias-corrects both moments and
-    clips the global gradient norm by default).
+    outside :math:`r`; ``weight_decouple=False`` puts :math:`\lambda\theta` into :math:`r` as
+    v3 does); trust ratio :math:`\min(\lVert\theta\rVert, 10) / (\lVert r\rVert + \epsilon)`,
+    1 where either norm is 0; no gradient clipping unless ``pre_norm``. It is not timm's
+    ``Lamb``, whose defaults bias-correct both moments and clip the global gradient norm.
 
     Every step is per whole tensor (the norms are Frobenius norms of the entire parameter):
     under FSDP2 the parameter, gradient and state are gathered for the step
