@@ -18,9 +18,12 @@ from .asgd import ASGD
 from .came import CAME
 from .dadapt_adam import DAdaptAdam
 from .dadapt_sgd import DAdaptSGD
+from .lamb import LAMB
+from .lars import LARS
 from .lbfgs import LBFGS
 from .lion import Lion
 from .lookahead import Lookahead as Lookahead  # a wrapper: not in __all__ (see above)
+from .mars import MARS
 from .muon import Muon
 from .nadam import NAdam
 from .prodigy import Prodigy
@@ -35,7 +38,7 @@ from .sparse_adam import SparseAdam
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
     "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "CAME", "SOAP", "SAM", "Prodigy",
-    "DAdaptAdam", "DAdaptSGD", "ADOPT", "Adan", "AdEMAMix",
+    "DAdaptAdam", "DAdaptSGD", "ADOPT", "Adan", "AdEMAMix", "LAMB", "LARS", "MARS",
 ]  # fmt: skip
 
 WRAPPERS = ["Lookahead"]  # exported by optimkit, outside the registry
