@@ -18,6 +18,7 @@ order; its learning rate is searched around the registry's ``lab_lr`` as on the 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import math
@@ -127,10 +128,11 @@ def _docstring(module: str) -> str | None:
         return ast.get_docstring(ast.parse(fh.read()), clean=True)
 
 
+@functools.lru_cache(maxsize=1)
 def load_corpus() -> Corpus:
     """The module docstrings of :data:`CORPUS_MODULES`, joined by blank lines, split into
     training and validation text (a module whose source is missing is left out: ``modules``
-    lists those used)."""
+    lists those used). Parsed once per process (about a second); treat it as read-only."""
     found = [(m, d) for m in CORPUS_MODULES if (d := _docstring(m))]
     text = "\n\n".join(d for _, d in found)
     chars = "".join(sorted(set(text)))
