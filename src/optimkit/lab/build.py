@@ -46,7 +46,7 @@ def build_report(
 
     Args:
         out: output directory (created).
-        quick: small budgets (well under a minute on two cores).
+        quick: small budgets (a minute or two on two cores).
         optimizers: registry names; empty means every registered optimizer.
         seed: seeds initial weights, the data split and the batch order; with the same seed
             (and versions) every number in the report is the same, except the timings.

@@ -206,7 +206,7 @@ def add_parser(subparsers: Any) -> None:
         help="output directory (default: lab_report)",
     )
     lab.add_argument(
-        "--quick", dest="lab_quick", action="store_true", help="small budgets: under a minute on two cores"
+        "--quick", dest="lab_quick", action="store_true", help="small budgets: a minute or two on two cores"
     )
     lab.add_argument("--optimizers", dest="lab_optimizers", nargs="+", metavar="NAME",
                      help="registry names, commas or spaces (default: every registered optimizer)")  # fmt: skip

@@ -22,7 +22,7 @@ class LabConfig:
     """What to run and how long.
 
     Attributes:
-        quick: small budgets (the whole report in well under a minute on two cores).
+        quick: small budgets (the whole report in a minute or two on two cores).
         seed: seeds every random choice (initial weights, data split, batch order).
         optimizers: registry names to run; empty means every registered optimizer.
         progress: show progress bars (on stderr).

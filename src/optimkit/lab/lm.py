@@ -441,6 +441,9 @@ def _best(runs: Sequence[LMRun]) -> LMRun:
 # ---------------------------------------------------------------- the report
 
 
+_LABEL_BOX = {"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.0}  # drawn under the curves
+
+
 def _curves_figure(runs: Sequence[LMRun], unigram: float, bigram: float, vocab: int,
                    by_run: bool = False) -> Any:  # fmt: skip
     fig, (ax0, ax1) = new_figure(14, 5.2, ncols=2, sharey=True)
@@ -461,9 +464,9 @@ def _curves_figure(runs: Sequence[LMRun], unigram: float, bigram: float, vocab: 
         ax.axhline(unigram, color="0.35", linestyle=":", linewidth=1.0)
         ax.axhline(bigram, color="0.2", linestyle="--", linewidth=1.2)
         ax.text(0.02, unigram, "unigram model", transform=ax.get_yaxis_transform(), ha="left",
-                va="bottom", fontsize=8.5, color="0.3")  # fmt: skip
+                va="bottom", fontsize=8.5, color="0.3", bbox=_LABEL_BOX, zorder=1.5)  # fmt: skip
         ax.text(0.02, bigram, "bigram model (target)", transform=ax.get_yaxis_transform(), ha="left", va="bottom",
-                fontsize=8.5, color="0.3")  # fmt: skip
+                fontsize=8.5, color="0.3", bbox=_LABEL_BOX, zorder=1.5)  # fmt: skip
         ax.set_xlabel("step")
         ax.set_title(title)
     ax0.set_ylabel("cross-entropy (nats per character)")
@@ -577,7 +580,8 @@ def _data_text(corpus: Corpus, steps: int, eval_every: int, eval_windows: int | 
         f"{corpus.vocab} distinct (Python {platform.python_version()}; SHA-256 {corpus.sha256[:12]}…; these "
         f"docstrings read the same in CPython 3.10 to 3.13). Blocks of {BLOCK} characters, every tenth one held "
         f"out: {len(corpus.train):,} characters for training, {len(corpus.val):,} for validation. The model is a "
-        f"decoder-only character transformer — token and position embeddings, {N_LAYERS} pre-LayerNorm blocks of "
+        f"decoder-only character transformer — token and position embeddings, {N_LAYERS} pre-LayerNorm "
+        f"block{'s' if N_LAYERS > 1 else ''} of "
         f"causal self-attention ({N_HEADS} heads, width {D_MODEL}) and a 4× MLP, a final LayerNorm and a separate "
         f"output layer; {params:,} parameters — trained with cross-entropy on mini-batches of {BATCH_SIZE} random "
         f"windows of {CONTEXT} characters, for {steps} steps. Every optimizer starts from the same weights and sees "
