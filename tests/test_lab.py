@@ -50,7 +50,7 @@ def test_report_files(report: Path, summary: dict) -> None:
     html = (report / "index.html").read_text()
     imgs = re.findall(r'<img src="([^"]+)"', html)
     assert imgs == summary["figures"]
-    assert len(imgs) == 12
+    assert len(imgs) == 15
     for rel in imgs:
         data = (report / rel).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", rel
@@ -75,6 +75,7 @@ def test_every_registered_optimizer_is_in_the_report(summary: dict) -> None:
     for fn in FUNCTIONS:
         assert list(sections["paths"]["functions"][fn]["optimizers"]) == names()
     assert list(sections["digits"]["optimizers"]) == names()
+    assert list(sections["lm"]["optimizers"]) == names()
     assert list(sections["resume"]["optimizers"]) == names()
     assert summary["meta"]["optimizers"] == len(REGISTRY)
 
@@ -218,7 +219,157 @@ def test_digits(report: Path, summary: dict) -> None:
     assert num(adam[-1]["test_accuracy"]) == d["optimizers"]["adam"]["test_accuracy"]
 
 
-# ---------------------------------------------------------------- 6. resume
+# ---------------------------------------------------------------- 6. the language model
+
+
+def test_lm_corpus_and_model(summary: dict) -> None:
+    from optimkit.lab import lm
+
+    s = summary["sections"]["lm"]
+    corpus = lm.load_corpus()
+    c = s["corpus"]
+    assert c["modules"] == list(lm.CORPUS_MODULES)  # every docstring found
+    assert c["chars"] == len(corpus.text) > 40_000
+    assert c["n_train_chars"] + c["n_val_chars"] == c["chars"]
+    assert 0.08 < c["n_val_chars"] / c["chars"] < 0.12
+    assert c["sha256"] == corpus.sha256 and len(c["sha256"]) == 64
+    assert c["vocab"] == len(set(corpus.text))
+    model = lm.make_model(c["vocab"])
+    assert s["model"]["params"] == sum(p.numel() for p in model.parameters())
+    # the references: uniform > unigram > bigram, and the target is the bigram loss
+    assert s["uniform_loss"] == pytest.approx(math.log(c["vocab"]))
+    assert s["uniform_loss"] > s["unigram_loss"] > s["bigram_loss"] == s["target_loss"] > 2.0
+    # causal: the prediction at a position does not depend on later characters
+    x = torch.randint(0, c["vocab"], (2, lm.CONTEXT), generator=torch.Generator().manual_seed(1))
+    y = x.clone()
+    y[:, 10:] = (y[:, 10:] + 1) % c["vocab"]
+    with torch.no_grad():
+        assert torch.equal(model(x)[:, :10], model(y)[:, :10])
+
+
+def test_lm_curves_table_and_search(report: Path, summary: dict) -> None:
+    s = summary["sections"]["lm"]
+    opts = s["optimizers"]
+    rows = read_csv(report / "data" / "lm_curves.csv")
+    adam = [r for r in rows if r["optimizer"] == "adam"]
+    steps = [int(r["step"]) for r in adam]
+    assert steps == list(range(0, s["steps"] + 1, s["eval_every"]))
+    train = [num(r["train_loss"]) for r in adam]
+    val = [num(r["val_loss"]) for r in adam]
+    assert train[0] > s["uniform_loss"] - 0.5  # starts near guessing
+    assert val[-1] < s["unigram_loss"] and train[-1] < s["unigram_loss"]  # it learned to use the context
+    assert val[-1] < val[0] - 1.0 and train[-1] < train[0] - 1.0
+    assert opts["adam"]["final_val_loss"] == val[-1]
+    assert opts["adam"]["steps_to_unigram"] == next(k for k, v in zip(steps, val) if v <= s["unigram_loss"])
+    for name, o in opts.items():
+        if o["note"]:
+            continue
+        search = {float(k): num(str(v)) for k, v in o["search"].items()}
+        assert o["lr"] == min(search.items(), key=lambda kv: (kv[1], kv[0]))[0], name
+        assert o["ms_per_step"] > 0 and o["ms_optimizer_per_step"] >= 0
+        assert o["evaluations"] >= o["steps_done"] > 0
+    for name in ("sgd", "adam", "lbfgs", "muon", "sparseadam"):  # these can train it
+        assert opts[name]["note"] == "" and opts[name]["steps_done"] == s["steps"], name
+    # state memory: plain SGD keeps none; Adam two moments (and its step counts)
+    params = s["model"]["params"] * 4
+    assert opts["sgd"]["state_bytes"] == 0
+    assert 2 * params <= opts["adam"]["state_bytes"] <= 2 * params + 8 * 64
+    # the table has every optimizer, in registry order
+    html = (report / "index.html").read_text()
+    section = html[html.index('<section id="lm">') :]
+    section = section[: section.index("</section>")]
+    assert re.findall(r"<tr><td>([^<]+)</td>", section) == names()
+    assert section.count("<img ") == 3
+    search_rows = read_csv(report / "data" / "lm_search.csv")
+    for name in names():
+        assert [r["chosen"] for r in search_rows if r["optimizer"] == name].count("True") == 1, name
+
+
+def test_lm_state_bytes_counts_each_tensor_once() -> None:
+    from optimkit.lab.lm import state_bytes
+
+    a, b = torch.zeros(10), torch.zeros(3, dtype=torch.float64)
+    sd = {"state": {0: {"m": a, "v": b, "step": torch.tensor(1.0)}, 1: {"hist": [a, b[:1]], "alias": a}}}
+    assert state_bytes([sd, {"state": {}}]) == 40 + 24 + 4 + 8
+
+
+class _GroupOnly(torch.optim.SGD):
+    """An optimizer that insists on groups flagged ``use_muon`` (as Muon with an auxiliary Adam does)."""
+
+    def __init__(self, params, lr: float = 0.01) -> None:
+        params = list(params)
+        if not all(isinstance(g, dict) and "use_muon" in g for g in params):
+            raise ValueError("every parameter group needs a 'use_muon' flag")
+        super().__init__(params, lr=lr)
+
+
+class _GroupsWithHook(_GroupOnly):
+    @classmethod
+    def lab_param_groups(cls, matrices, others, lr):
+        return [{"params": matrices, "use_muon": True, "lr": lr}, {"params": others, "use_muon": False, "lr": lr}]
+
+
+def test_lm_drives_closure_mode_and_group_optimizers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAM (step(closure) after the gradient), Schedule-Free (train()/eval()) and optimizers that
+    need parameter groups: driven by their methods, or skipped with a note -- never a crash."""
+    from optimkit.lab import lm
+
+    sam_mod = pytest.importorskip("pytorch_optimizer")
+    schedulefree = pytest.importorskip("schedulefree")
+
+    class TSAM(sam_mod.SAM):
+        def __init__(self, params, lr: float = 0.01) -> None:
+            super().__init__(params, torch.optim.SGD, lr=lr)
+
+    modes: list[str] = []
+
+    class TSF(schedulefree.AdamWScheduleFree):
+        def train(self) -> None:
+            modes.append("train")
+            super().train()
+
+        def eval(self) -> None:
+            modes.append("eval")
+            super().eval()
+
+    specs = {
+        "t_sam": OptimizerSpec("t_sam", TSAM, configs=({},), lab_lr=0.5, closure=True, elementwise=False),
+        "t_sf": OptimizerSpec("t_sf", TSF, configs=({},), lab_lr=0.01),
+        "t_groups": OptimizerSpec("t_groups", _GroupOnly, configs=({},), lab_lr=0.5),
+        "t_hook": OptimizerSpec("t_hook", _GroupsWithHook, configs=({},), lab_lr=0.5),
+        "t_muon": OptimizerSpec("t_muon", torch.optim.Muon, configs=({},), lab_lr=0.02, matrix_only=True, elementwise=False),
+    }  # fmt: skip
+    for name, spec in specs.items():
+        monkeypatch.setitem(REGISTRY, name, spec)
+    corpus = lm.load_corpus()
+    steps = 20
+    runs = {n: lm.train(n, specs[n].lab_lr, steps, corpus, eval_every=10, eval_windows=8) for n in specs}
+    for name in ("t_sam", "t_sf", "t_hook", "t_muon"):
+        r = runs[name]
+        assert r.note == "" and not r.diverged and len(r.batch_loss) == steps, (name, r.note)
+        assert r.val_loss[-1] < r.val_loss[0] - 0.3, name
+        assert r.state_bytes is not None
+    assert runs["t_sam"].evaluations == 2 * steps
+    assert runs["t_sf"].evaluations == steps
+    assert modes[:3] == ["train", "eval", "train"] and modes.count("eval") == 3  # steps 0, 10, 20
+    assert "use_muon" in runs["t_groups"].note and "lab_param_groups" in runs["t_groups"].note
+    assert runs["t_groups"].batch_loss == [] and math.isnan(runs["t_groups"].final_val_loss)
+    # the hook gets the hidden matrices; Muon takes them, the companion Adam the rest
+    model = lm.make_model(corpus.vocab)
+    hidden = lm.hidden_matrices(model)
+    hook = engine.LabOptimizer("t_hook", model.parameters(), 0.5, matrices=hidden)
+    assert [g["use_muon"] for g in hook.optimizers[0].param_groups] == [True, False]
+    assert hook.optimizers[0].param_groups[0]["params"] == hidden
+    muon = engine.LabOptimizer("t_muon", model.parameters(), 0.02, matrices=hidden)
+    assert muon.optimizers[0].param_groups[0]["params"] == hidden
+    assert {id(p) for p in muon.optimizers[1].param_groups[0]["params"]} == {
+        id(p) for p in model.parameters()
+    } - {id(p) for p in hidden}
+    assert {id(model.tok.weight), id(model.head.weight)}.isdisjoint(map(id, hidden))
+    assert len(hidden) == 4 * lm.N_LAYERS
+
+
+# ---------------------------------------------------------------- 7. resume
 
 
 def test_resumed_curve_lies_exactly_on_the_uninterrupted_one(report: Path, summary: dict) -> None:
@@ -242,12 +393,12 @@ def test_results_are_deterministic_for_a_seed(report: Path, tmp_path: Path) -> N
     """A second build (other optimizers, other sections around it) gives the same numbers."""
     some = [n for n in names() if n in ("adam", "sparseadam", "muon")]
     out = build_report(
-        tmp_path / "again", quick=True, optimizers=some, sections=["paths", "resume"], progress=False
+        tmp_path / "again", quick=True, optimizers=some, sections=["paths", "lm", "resume"], progress=False
     )
     for data in (
         [f"paths_{fn}.csv" for fn in FUNCTIONS]
         + [f"search_{fn}.csv" for fn in FUNCTIONS]
-        + ["resume_curves.csv"]
+        + ["lm_curves.csv", "lm_search.csv", "resume_curves.csv"]
     ):
         full = [r for r in read_csv(report / "data" / data) if r["optimizer"] in some]
         assert read_csv(out.parent / "data" / data) == full, data
@@ -346,10 +497,20 @@ def test_cli_other_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["lab", "gd", "--lr", "0.1,0.3", "--out", str(tmp_path / "g")]) == 0
     scan = read_csv(tmp_path / "g" / "data" / "lr_runs.csv")
     assert list(scan[0]) == ["step", "x_lr=0.1", "x_lr=0.3"]
+    assert main(["lab", "lm", "--optimizers", "adam,sgd", "--lr", "0.01", "--steps", "20", "--eval-every", "5",
+                 "--out", str(tmp_path / "lm"), "--no-progress"]) == 0  # fmt: skip
+    runs = json.loads((tmp_path / "lm" / "data" / "lm.json").read_text())["runs"]
+    assert list(runs) == ["adam", "sgd"] and all(r["steps_done"] == 20 and r["lr"] == 0.01 for r in runs.values())
+    assert runs["adam"]["final_val_loss"] < 4.0
+    steps = [int(r["step"]) for r in read_csv(tmp_path / "lm" / "data" / "lm_curves.csv") if r["optimizer"] == "sgd"]
+    assert steps == [0, 5, 10, 15, 20]
+    assert (tmp_path / "lm" / "fig" / "lm_curves.png").is_file()
+    capsys.readouterr()
     assert main(["lab", "list"]) == 0
     listing = capsys.readouterr().out
     for name in names():
         assert name in listing
+    assert "lm" in listing.split("sections:")[1]
     with pytest.raises(SystemExit, match="unknown optimizer 'adamm'"):
         main(["lab", "paths", "--optimizers", "adamm"])
     with pytest.raises(SystemExit, match="unknown function"):

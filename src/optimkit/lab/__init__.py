@@ -9,7 +9,8 @@
 3. momentum (:mod:`.momentum`);
 4. every registered optimizer on Rosenbrock, Beale and Rastrigin (:mod:`.paths`);
 5. an MLP on scikit-learn's digits (:mod:`.digits`);
-6. resuming from a checkpoint (:mod:`.resume`).
+6. a character-level transformer on text that ships with Python (:mod:`.lm`);
+7. resuming from a checkpoint (:mod:`.resume`).
 
 The optimizers come from :mod:`optimkit.registry`; the lab needs the ``lab`` extra
 (matplotlib, scikit-learn, tqdm). Importing this package imports none of them.

@@ -17,7 +17,7 @@ __all__ = ["SECTIONS", "build_report"]
 
 
 def _sections() -> dict[str, Callable[[Report, LabConfig], None]]:
-    from . import digits, gradient, learning_rate, momentum, paths, resume
+    from . import digits, gradient, learning_rate, lm, momentum, paths, resume
 
     return {
         "gradient": gradient.run,
@@ -25,12 +25,13 @@ def _sections() -> dict[str, Callable[[Report, LabConfig], None]]:
         "momentum": momentum.run,
         "paths": paths.run,
         "digits": digits.run,
+        "lm": lm.run,
         "resume": resume.run,
     }
 
 
 #: The report's parts, in order (``--sections`` takes a subset).
-SECTIONS = ("gradient", "learning-rate", "momentum", "paths", "digits", "resume")
+SECTIONS = ("gradient", "learning-rate", "momentum", "paths", "digits", "lm", "resume")
 
 
 def build_report(
@@ -45,7 +46,7 @@ def build_report(
 
     Args:
         out: output directory (created).
-        quick: small budgets (well under a minute on two cores).
+        quick: small budgets (a minute or two on two cores).
         optimizers: registry names; empty means every registered optimizer.
         seed: seeds initial weights, the data split and the batch order; with the same seed
             (and versions) every number in the report is the same, except the timings.

@@ -5,6 +5,7 @@
     optimkit lab [--out DIR] [--quick] [--optimizers adam,sgd ...] [--seed N] [--sections ...]
     optimkit lab paths --function rosenbrock --optimizers adam,sgd --lr 0.01,0.001 [--steps N] [--start=X,Y]
     optimkit lab digits --optimizers adam,nadam [--lr 0.001,0.01] [--epochs N]
+    optimkit lab lm --optimizers adam,lion [--lr 0.001,0.01] [--steps N]
     optimkit lab gd --lr 0.1,0.2,0.26 [--steps N]
     optimkit lab list
 
@@ -135,6 +136,28 @@ def _digits(args: argparse.Namespace) -> int:
     return _done(path)
 
 
+def _lm(args: argparse.Namespace) -> int:
+    import torch
+
+    from .config import torch_threads
+    from .lm import compare
+    from .plotting import lab_style
+
+    if args.steps < 1 or args.eval_every < 1:
+        raise SystemExit("optimkit lab lm: --steps and --eval-every must be positive")
+    names = _names(args.optimizers) or ["sgd", "adam"]
+    report = _report(args.out, "The character transformer")
+    with torch_threads(1), lab_style():
+        torch.manual_seed(args.seed)
+        runs = compare(report, names, _floats(args.lr), args.steps, args.seed,
+                       show_progress=not args.no_progress, eval_every=args.eval_every)  # fmt: skip
+    path = report.write()
+    for r in runs:
+        status = r.note or ("diverged" if r.diverged else f"validation loss {r.final_val_loss:.4f}")
+        print(f"  {r.label or r.optimizer:>24s}  lr={r.lr:<8g} {status}  ({r.ms_per_step:.1f} ms per step)")
+    return _done(path)
+
+
 def _gd(args: argparse.Namespace) -> int:
     from .config import LabConfig
     from .learning_rate import SHOWN_LRS, run
@@ -183,16 +206,16 @@ def add_parser(subparsers: Any) -> None:
         help="output directory (default: lab_report)",
     )
     lab.add_argument(
-        "--quick", dest="lab_quick", action="store_true", help="small budgets: under a minute on two cores"
+        "--quick", dest="lab_quick", action="store_true", help="small budgets: a minute or two on two cores"
     )
     lab.add_argument("--optimizers", dest="lab_optimizers", nargs="+", metavar="NAME",
                      help="registry names, commas or spaces (default: every registered optimizer)")  # fmt: skip
     lab.add_argument("--seed", dest="lab_seed", type=int, default=0, help="seed (default: 0)")
     lab.add_argument("--sections", dest="lab_sections", nargs="+", metavar="SECTION",
-                     help="only these parts: gradient, learning-rate, momentum, paths, digits, resume")  # fmt: skip
+                     help="only these parts: gradient, learning-rate, momentum, paths, digits, lm, resume")  # fmt: skip
     lab.add_argument("--no-progress", dest="lab_no_progress", action="store_true", help="no progress bars")
     lab.set_defaults(func=_lab)
-    sub = lab.add_subparsers(dest="lab_command", metavar="{paths,digits,gd,list}")
+    sub = lab.add_subparsers(dest="lab_command", metavar="{paths,digits,lm,gd,list}")
 
     def common(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument("--out", default=out, metavar="DIR", help=f"output directory (default: {out})")
@@ -223,6 +246,16 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
     common(p, "lab_report_digits")
     p.set_defaults(func=_digits)
+
+    p = sub.add_parser("lm", help="train the character-level transformer with chosen optimizers and learning rates",
+                       description="Train the lab's character-level transformer on Python's own module "
+                       "docstrings with each optimizer at each learning rate (default: its lab_lr).")  # fmt: skip
+    p.add_argument("--optimizers", nargs="+", metavar="NAME", help="registry names (default: sgd,adam)")
+    p.add_argument("--lr", nargs="+", metavar="LR", help="learning rates (default: each optimizer's lab_lr)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
+    p.add_argument("--eval-every", type=int, default=10, help="steps between evaluations (default: 10)")
+    common(p, "lab_report_lm")
+    p.set_defaults(func=_lm)
 
     p = sub.add_parser("gd", help="gradient descent on 4x² at chosen learning rates")
     p.add_argument(

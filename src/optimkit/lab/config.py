@@ -22,7 +22,7 @@ class LabConfig:
     """What to run and how long.
 
     Attributes:
-        quick: small budgets (the whole report in well under a minute on two cores).
+        quick: small budgets (the whole report in a minute or two on two cores).
         seed: seeds every random choice (initial weights, data split, batch order).
         optimizers: registry names to run; empty means every registered optimizer.
         progress: show progress bars (on stderr).
@@ -61,7 +61,31 @@ class LabConfig:
         """Multiples of the registry's ``lab_lr`` searched on the digits MLP."""
         return [0.1, 1.0, 10.0] if self.quick else [0.1, 0.316, 1.0, 3.16, 10.0]
 
-    # part 6: resume
+    # part 6: the character-level language model
+    @property
+    def lm_steps(self) -> int:
+        return 100 if self.quick else 600
+
+    @property
+    def lm_search_steps(self) -> int:
+        """Steps of each search run (a multiple of :attr:`lm_eval_every`)."""
+        return 20 if self.quick else 100
+
+    @property
+    def lm_search_factors(self) -> list[float]:
+        """Multiples of the registry's ``lab_lr`` searched on the language model (as on the digits)."""
+        return [0.1, 1.0, 10.0] if self.quick else [0.1, 0.316, 1.0, 3.16, 10.0]
+
+    @property
+    def lm_eval_every(self) -> int:
+        return 10 if self.quick else 20
+
+    @property
+    def lm_eval_windows(self) -> int | None:
+        """Validation windows the loss is measured on (None: all of them)."""
+        return 32 if self.quick else None
+
+    # part 7: resume
     @property
     def resume_steps(self) -> int:
         return 40 if self.quick else 120

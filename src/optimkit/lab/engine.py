@@ -18,7 +18,25 @@ capability flags are honoured here, in one place:
   optimizer sees the same numbers a dense optimizer would.
 * ``matrix_only`` (Muon): the optimizer takes the 2-D parameters; any other parameters
   (biases) go to a companion ``adam`` with its defaults -- the usual recipe. A point of a
-  2-D test function is given to it as a ``1 x 2`` matrix.
+  2-D test function is given to it as a ``1 x 2`` matrix. A section may name the matrices
+  itself (``matrices=``: the language model gives only its hidden matrices, not the
+  embeddings and the output layer, which go to the companion).
+
+Three conventions of optimizers outside torch.optim are honoured by duck typing, so an
+optimizer that follows them needs no entry here:
+
+* ``train()`` / ``eval()`` methods (Schedule-Free): :meth:`LabOptimizer.train` and
+  :meth:`LabOptimizer.eval` call them; a section calls ``eval()`` before it evaluates the
+  model and ``train()`` before it trains again.
+* ``first_step`` / ``second_step`` methods (SAM and its relatives, whose ``step(closure)``
+  expects the gradient at the current weights to be there already): the gradient is
+  computed once before ``step(closure)``; the closure then computes it at the perturbed
+  weights. Both evaluations are counted.
+* a classmethod ``lab_param_groups(matrices, others, lr)`` (e.g. Muon with an auxiliary
+  Adam, whose parameters must come in groups flagged ``use_muon``): it returns the
+  parameter groups to build the optimizer from (``matrices``: the 2-D hidden matrices;
+  ``others``: every other parameter; ``lr``: the learning rate being tried); the lab then
+  passes no ``lr`` of its own.
 """
 
 from __future__ import annotations
@@ -102,6 +120,8 @@ class LabOptimizer:
         name: registry name.
         params: the parameters (tensors).
         lr: the learning rate.
+        matrices: the parameters a ``matrix_only`` optimizer (or a ``lab_param_groups`` hook)
+            takes as matrices; default: every 2-D parameter.
         **kwargs: further constructor arguments for the named optimizer.
 
     ``step(loss_and_grad)`` takes a function that computes the loss, fills every ``.grad``
@@ -109,29 +129,49 @@ class LabOptimizer:
     search). The returned loss is the one at the parameters the step started from.
     """
 
-    def __init__(self, name: str, params: Iterable[torch.Tensor], lr: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        params: Iterable[torch.Tensor],
+        lr: float,
+        matrices: Sequence[torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.spec = get_spec(name)
         self.params = list(params)
-        if self.spec.matrix_only:
-            self.main = [p for p in self.params if p.ndim == 2]
-            rest = [p for p in self.params if p.ndim != 2]
-        else:
-            self.main, rest = self.params, []
+        if matrices is None:
+            matrices = [p for p in self.params if p.ndim == 2]
+        chosen = {id(p) for p in matrices}
+        others = [p for p in self.params if id(p) not in chosen]
+        hook = getattr(self.spec.cls, "lab_param_groups", None)
         self.lr = lr
         self.kwargs = optimizer_kwargs(self.spec, lr, **kwargs)
-        self.optimizers = [create_optimizer(self.spec.name, self.main, **self.kwargs)]
+        if callable(hook):
+            self.main, rest = self.params, []
+            groups = hook(list(matrices), others, lr)
+            extra = {k: v for k, v in self.kwargs.items() if k != "lr"}
+            self.optimizers = [create_optimizer(self.spec.name, groups, **extra)]
+        else:
+            self.main, rest = (list(matrices), others) if self.spec.matrix_only else (self.params, [])
+            self.optimizers = [create_optimizer(self.spec.name, self.main, **self.kwargs)]
         if rest:
             self.optimizers.append(create_optimizer(COMPANION, rest))
         self.evaluations = 0
+        #: SAM's convention (see the module's docstring): ``first_step`` and ``second_step``.
+        self.sam_like = callable(getattr(self.optimizers[0], "first_step", None)) and callable(
+            getattr(self.optimizers[0], "second_step", None)
+        )
 
     def step(self, loss_and_grad: Callable[[], torch.Tensor]) -> float:
         sparse = self.spec.sparse == "only"
+        last: list[torch.Tensor] = []
 
         def closure() -> torch.Tensor:
             for p in self.params:
                 p.grad = None
             loss = loss_and_grad()
             self.evaluations += 1
+            last[:] = [loss]
             if sparse:
                 for p in self.main:
                     if p.grad is not None:
@@ -141,8 +181,14 @@ class LabOptimizer:
         # The lab's sparse gradients come from to_sparse(), so they are valid: opting out of
         # torch's invariant checks explicitly also silences its warning about them.
         with torch.sparse.check_sparse_tensor_invariants(enable=False):
-            if self.spec.closure:
-                loss = self.optimizers[0].step(closure)
+            if self.sam_like:  # the gradient at the current weights first, then step(closure)
+                loss = closure()
+                self.optimizers[0].step(closure)
+                for opt in self.optimizers[1:]:
+                    opt.step()
+            elif self.spec.closure:
+                returned = self.optimizers[0].step(closure)
+                loss = last[0] if returned is None else returned
                 for opt in self.optimizers[1:]:
                     opt.step()
             else:
@@ -150,6 +196,20 @@ class LabOptimizer:
                 for opt in self.optimizers:
                     opt.step()
         return float(loss)
+
+    def train(self) -> None:
+        """Training mode, for optimizers that have one (Schedule-Free); a no-op for the others."""
+        self._mode("train")
+
+    def eval(self) -> None:
+        """Evaluation mode (Schedule-Free: the weights become the averaged ones); a no-op for the others."""
+        self._mode("eval")
+
+    def _mode(self, mode: str) -> None:
+        for opt in self.optimizers:
+            switch = getattr(opt, mode, None)
+            if callable(switch):
+                switch()
 
     def state_dict(self) -> list[dict[str, Any]]:
         return [opt.state_dict() for opt in self.optimizers]

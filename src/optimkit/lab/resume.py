@@ -1,4 +1,4 @@
-"""Part 6: resuming from a checkpoint, as an experiment.
+"""Part 7: resuming from a checkpoint, as an experiment.
 
 The lecture's ``state_dict`` section says: to stop training and continue later, save the
 model's *and the optimizer's* ``state_dict``, load both into fresh objects, and carry on;
@@ -118,7 +118,7 @@ def resume_experiment(
 
 
 def run(report: Report, cfg: LabConfig) -> None:
-    s = report.section("resume", "6. Resume: stop, save, load, continue")
+    s = report.section("resume", "7. Resume: stop, save, load, continue")
     data = load_data(cfg.seed)
     names = cfg.names
     steps = cfg.resume_steps
