@@ -81,14 +81,14 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, type, dict[str, Any]]]:
+def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
     modes = [("optimkit", spec.cls, {})]
     if spec.fused:
         modes.append(("optimkit fused", spec.cls, {"fused": True}))
     if compile and spec.elementwise:
         modes.append(("optimkit compile", spec.cls, {"compile": True}))
     if spec.torch_cls is None:  # an optimizer torch lacks: timed against its authors' package
-        return [*modes, (_REFERENCE, spec.oracle_cls, dict(spec.oracle.kwargs))]
+        return [*modes, (_REFERENCE, spec.make_oracle, {})]  # with what the oracle needs (kwargs, setup)
     modes += [
         ("torch for-loop", spec.torch_cls, {"foreach": False}),
         ("torch foreach", spec.torch_cls, {"foreach": True}),

@@ -77,12 +77,15 @@ class Oracle:
             dtypes that are. Elsewhere ``tests/test_oracles.py`` holds the oracle to 1e-9
             (float64) / 1e-5 (float32) relative after every step.
         note: why it is not bit for bit where it is not (the README's agreement column).
+        setup: methods called on the oracle once it is made, before its first step
+            (schedulefree's optimizers start in eval mode and refuse to step: ``("train",)``).
     """
 
     target: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     exact: bool | tuple[torch.dtype, ...] = True
     note: str = ""
+    setup: tuple[str, ...] = ()
 
     def load(self) -> type:
         module, _, name = self.target.partition(":")
@@ -90,6 +93,13 @@ class Oracle:
 
     def exact_for(self, dtype: torch.dtype) -> bool:
         return self.exact if isinstance(self.exact, bool) else dtype in self.exact
+
+    def make(self, params: Any, **kwargs: Any) -> Any:
+        """The oracle on ``params`` with ``kwargs``, its own :attr:`kwargs` and :attr:`setup` done."""
+        opt = self.load()(params, **kwargs, **self.kwargs)
+        for method in self.setup:
+            getattr(opt, method)()
+        return opt
 
 
 def register_optimizer_step_pre_hook(hook: Callable) -> RemovableHandle:
