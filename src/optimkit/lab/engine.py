@@ -104,6 +104,9 @@ class LabOptimizer:
         lr: the learning rate.
         **kwargs: further constructor arguments for the named optimizer.
 
+    Optimizers with a training and an evaluation mode (Schedule-Free's ``train()`` /
+    ``eval()``) start in training mode; :meth:`eval` and :meth:`train` switch them.
+
     ``step(loss_and_grad)`` takes a function that computes the loss, fills every ``.grad``
     and returns the loss; it is called once per step (several times for L-BFGS's line
     search). The returned loss is the one at the parameters the step started from.
@@ -123,6 +126,21 @@ class LabOptimizer:
         if rest:
             self.optimizers.append(create_optimizer(COMPANION, rest))
         self.evaluations = 0
+        self.train()
+
+    def train(self) -> None:
+        """Training mode, for optimizers that have modes (Schedule-Free: the parameters hold
+        the point the gradients are taken at); a no-op for the others."""
+        for opt in self.optimizers:
+            if callable(getattr(opt, "train", None)):
+                opt.train()
+
+    def eval(self) -> None:
+        """Evaluation mode, for optimizers that have modes (Schedule-Free: the parameters hold
+        the average, the point to evaluate); a no-op for the others. ``train()`` goes back."""
+        for opt in self.optimizers:
+            if callable(getattr(opt, "eval", None)):
+                opt.eval()
 
     def step(self, loss_and_grad: Callable[[], torch.Tensor]) -> float:
         sparse = self.spec.sparse == "only"
