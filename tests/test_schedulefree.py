@@ -412,3 +412,23 @@ def test_radam_matches_the_oracles_foreach_path_too(dtype):
                 ours.eval(), ref.eval()
                 assert_same(_params(m_ours), _params(m_ref), f"{kwargs} eval mode, step {step}")
                 ours.train(), ref.train()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_refused_step_changes_nothing(name):
+    """A sparse gradient is refused before anything moves: parameters, state and the group's
+    counters stay as they were."""
+    spec = SPECS[name]
+    model = mlp(torch.float64)
+    opt = spec.cls(model.parameters())
+    for step in range(2):
+        _step(model, opt, step, torch.float64)
+    before, params = copy.deepcopy(opt.state_dict()), _params(model)
+    _step_grads = [torch.ones_like(p) for p in model.parameters()]
+    for p, g in zip(model.parameters(), _step_grads):
+        p.grad = g
+    model[0].bias.grad = model[0].bias.grad.to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert_same(opt.state_dict(), before)
+    assert_same(_params(model), params)

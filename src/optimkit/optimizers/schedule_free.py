@@ -216,14 +216,15 @@ class _ScheduleFree(Optimizer):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         # The counters advance once per group and step, with or without gradients (as the
-        # authors'); the rule gets what they give (see _schedule).
+        # authors'); the rule gets what they give (see _schedule). They are committed after
+        # the parameters are stepped, so a step refused (a sparse gradient) changes nothing.
         updates, hyper = self._schedule(group)
         self._now = _floats(hyper)
-        group.update(updates)
         try:
             super()._step_group(group)
         finally:
             self._now = None
+        group.update(updates)
         group["k"] = group["k"] + 1
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
