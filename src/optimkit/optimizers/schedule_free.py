@@ -271,7 +271,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
 
     rule = adamw_schedulefree_
     oracle = Oracle("schedulefree:AdamWScheduleFreeReference", setup=("train",))
-    lab_lr = 0.0025
+    lab_lr = 0.01
     configs = ({}, {"lr": 1e-3, "weight_decay": 0.1}, {"warmup_steps": 3, "r": 1.0, "weight_lr_power": 1.0},
                {"lr": 1e-3, "weight_decay": 0.05, "decay_at_z": True, "betas": (0.95, 0.99), "eps": 1e-6})  # fmt: skip
 
@@ -325,7 +325,7 @@ class ScheduleFreeSGD(_ScheduleFree):
 
     rule = sgd_schedulefree_
     oracle = "schedulefree:SGDScheduleFreeReference"
-    lab_lr = 0.1
+    lab_lr = 1.0
     configs = ({}, {"lr": 0.1, "weight_decay": 0.01}, {"lr": 0.05, "momentum": 0.5, "warmup_steps": 3},
                {"lr": 0.1, "r": 1.0, "weight_lr_power": 0.0})  # fmt: skip
 
@@ -380,7 +380,7 @@ class ScheduleFreeRAdam(_ScheduleFree):
 
     rule = radam_schedulefree_
     oracle = Oracle("schedulefree:RAdamScheduleFree", setup=("train",))
-    lab_lr = 0.0025
+    lab_lr = 0.01
     configs = ({}, {"lr": 1e-3, "weight_decay": 0.1}, {"silent_sgd_phase": False, "lr": 1e-3},
                {"betas": (0.8, 0.99), "r": 1.0, "weight_lr_power": 1.0, "eps": 1e-6})  # fmt: skip
     _y_key = _x_key = None
