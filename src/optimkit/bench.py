@@ -83,18 +83,17 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, type, dict[str, Any]]]:
+def _modes(spec: OptimizerSpec, compile: bool = False) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
     modes = [("optimkit", spec.cls, {})]
     if spec.fused:
         modes.append(("optimkit fused", spec.cls, {"fused": True}))
     if compile and spec.elementwise:
         modes.append(("optimkit compile", spec.cls, {"compile": True}))
     if spec.torch_cls is None:  # an optimizer torch lacks: timed against its authors' package
-        oracle, fixed = spec.oracle_cls, dict(spec.oracle.kwargs)
-        if "foreach" not in inspect.signature(oracle).parameters:
-            return [*modes, (_REFERENCE, oracle, fixed)]
-        return [*modes, (_REFERENCE, oracle, {**fixed, "foreach": False}),
-                (_REFERENCE_FOREACH, oracle, {**fixed, "foreach": True})]  # fmt: skip
+        if "foreach" not in inspect.signature(spec.oracle_cls).parameters:
+            return [*modes, (_REFERENCE, spec.make_oracle, {})]  # with what the oracle needs (kwargs, setup)
+        return [*modes, (_REFERENCE, spec.make_oracle, {"foreach": False}),
+                (_REFERENCE_FOREACH, spec.make_oracle, {"foreach": True})]  # fmt: skip
     modes += [
         ("torch for-loop", spec.torch_cls, {"foreach": False}),
         ("torch foreach", spec.torch_cls, {"foreach": True}),

@@ -105,6 +105,8 @@ class Oracle:
         tolerance: ``tests/test_oracles.py``'s relative tolerance for a dtype where the
             oracle itself computes in less precision (bitsandbytes computes float64
             parameters in float32: ``{torch.float64: 1e-5}``); say why in ``note``.
+        setup: methods called on the oracle once it is made, before its first step
+            (schedulefree's optimizers start in eval mode and refuse to step: ``("train",)``).
     """
 
     target: str
@@ -112,6 +114,7 @@ class Oracle:
     exact: bool | tuple[torch.dtype, ...] = True
     note: str = ""
     tolerance: dict[torch.dtype, float] = field(default_factory=dict)
+    setup: tuple[str, ...] = ()
 
     def load(self) -> type:
         module, _, name = self.target.partition(":")
@@ -119,6 +122,13 @@ class Oracle:
 
     def exact_for(self, dtype: torch.dtype) -> bool:
         return self.exact if isinstance(self.exact, bool) else dtype in self.exact
+
+    def make(self, params: Any, **kwargs: Any) -> Any:
+        """The oracle on ``params`` with ``kwargs``, its own :attr:`kwargs` and :attr:`setup` done."""
+        opt = self.load()(params, **kwargs, **self.kwargs)
+        for method in self.setup:
+            getattr(opt, method)()
+        return opt
 
 
 def register_optimizer_step_pre_hook(hook: Callable) -> RemovableHandle:

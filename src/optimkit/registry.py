@@ -112,8 +112,9 @@ class OptimizerSpec:
 
     def make_oracle(self, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
         """The oracle built on ``params`` with ``kwargs`` (and what it needs to be this optimizer)."""
-        extra = self.oracle.kwargs if self.oracle is not None else {}
-        return self.oracle_cls(params, **kwargs, **extra)
+        if self.oracle is not None:
+            return self.oracle.make(params, **kwargs)
+        return self.oracle_cls(params, **kwargs)
 
     def exact(self, dtype: torch.dtype) -> bool:
         """Whether the oracle gives the same bits in ``dtype`` (torch's always do)."""

@@ -99,10 +99,14 @@ class DigitsRun:
         return 1000 * float(np.mean(self.epoch_seconds)) if self.epoch_seconds else math.nan
 
 
-def _evaluate(model: nn.Module, data: DigitsData) -> tuple[float, float]:
+def _evaluate(model: nn.Module, data: DigitsData, opt: LabOptimizer) -> tuple[float, float]:
+    """Training loss and test accuracy, with the optimizer in evaluation mode (Schedule-Free
+    optimizers are evaluated at their average, as their authors do; others have no modes)."""
+    opt.eval()
     with torch.no_grad():
         loss = float(F.cross_entropy(model(data.x_train), data.y_train))
         acc = float((model(data.x_test).argmax(1) == data.y_test).float().mean())
+    opt.train()
     return loss, acc
 
 
@@ -113,7 +117,7 @@ def train(name: str, lr: float, epochs: int, data: DigitsData, seed: int = 0) ->
     gen = torch.Generator().manual_seed(seed)
     n = len(data.y_train)
     out = DigitsRun(get_spec(name).name, lr)
-    loss, acc = _evaluate(model, data)
+    loss, acc = _evaluate(model, data, opt)
     out.train_loss.append(loss)
     out.test_accuracy.append(acc)
     for _ in range(epochs):
@@ -130,7 +134,7 @@ def train(name: str, lr: float, epochs: int, data: DigitsData, seed: int = 0) ->
 
             opt.step(loss_and_grad)
         out.epoch_seconds.append(time.perf_counter() - start)
-        loss, acc = _evaluate(model, data)
+        loss, acc = _evaluate(model, data, opt)
         out.train_loss.append(loss)
         out.test_accuracy.append(acc)
         if not math.isfinite(loss):
@@ -276,7 +280,8 @@ def run(report: Report, cfg: LabConfig) -> None:
         _data_text(data, cfg.digits_epochs)
         + DIGITS_SEARCH_DOC.format(factors=factors, extend=MAX_EXTENSIONS)
         + f" Search budget: {cfg.digits_search_epochs} epochs. Muon takes the two weight matrices and a default "
-        "Adam the biases (Muon only takes matrices); L-BFGS does one line-searched iteration per mini-batch. "
+        "Adam the biases (Muon only takes matrices); L-BFGS does one line-searched iteration per mini-batch; "
+        "the Schedule-Free optimizers are evaluated in their eval() mode (at their average), as their authors do. "
         "Time per epoch is the training time only (no evaluation), on one CPU thread; it is the one number "
         "here that changes from run to run."
     )

@@ -124,6 +124,9 @@ class LabOptimizer:
             takes as matrices; default: every 2-D parameter.
         **kwargs: further constructor arguments for the named optimizer.
 
+    Optimizers with a training and an evaluation mode (Schedule-Free's ``train()`` /
+    ``eval()``) start in training mode; :meth:`eval` and :meth:`train` switch them.
+
     ``step(loss_and_grad)`` takes a function that computes the loss, fills every ``.grad``
     and returns the loss; it is called once per step (several times for L-BFGS's line
     search). The returned loss is the one at the parameters the step started from.
@@ -158,9 +161,14 @@ class LabOptimizer:
             self.optimizers.append(create_optimizer(COMPANION, rest))
         self.evaluations = 0
         #: SAM's convention (see the module's docstring): ``first_step`` and ``second_step``.
-        self.sam_like = callable(getattr(self.optimizers[0], "first_step", None)) and callable(
-            getattr(self.optimizers[0], "second_step", None)
+        # optimkit's SAM computes that first gradient in step(closure) itself.
+        first = self.optimizers[0]
+        self.sam_like = (
+            callable(getattr(first, "first_step", None))
+            and callable(getattr(first, "second_step", None))
+            and not getattr(first, "first_gradient_in_step", False)
         )
+        self.train()
 
     def step(self, loss_and_grad: Callable[[], torch.Tensor]) -> float:
         sparse = self.spec.sparse == "only"

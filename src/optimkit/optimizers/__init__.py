@@ -31,6 +31,7 @@ from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sam import SAM
+from .schedule_free import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 from .sgd import SGD
 from .soap import SOAP
 from .sparse_adam import SparseAdam
@@ -39,6 +40,7 @@ __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
     "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "CAME", "SOAP", "SAM", "Prodigy",
     "DAdaptAdam", "DAdaptSGD", "ADOPT", "Adan", "AdEMAMix", "LAMB", "LARS", "MARS",
+    "ScheduleFreeAdamW", "ScheduleFreeSGD", "ScheduleFreeRAdam",
 ]  # fmt: skip
 
 WRAPPERS = ["Lookahead"]  # exported by optimkit, outside the registry

@@ -93,6 +93,10 @@ class SAM(Optimizer):
     ``state[p]["old_p"]`` (the oracle's key).
     """
 
+    #: step(closure) computes the gradient at w itself (pytorch-optimizer's expects it done
+    #: before the call): the lab's SAM driver reads this.
+    first_gradient_in_step = True
+
     capabilities = Capabilities(closure=True, complex=False)
     oracle = Oracle(
         "oracle_adapters:SAM",
