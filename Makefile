@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	# The constraint keeps every extra package (the oracles' packages too) on this torch.
 	echo "$(TORCH)" > $(VENV)/constraints.txt
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt "$(TORCH)" -e ".[test,lab]"
+	# timm: tests/test_cautious.py's oracle, loaded by file (its package imports torchvision): no deps.
+	$(PY) -m pip install -q --no-deps timm==1.0.31
 	touch $@
 
 setup: $(VENV)/.installed

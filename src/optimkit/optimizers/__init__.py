@@ -13,6 +13,7 @@ from .asgd import ASGD
 from .lbfgs import LBFGS
 from .lion import Lion
 from .muon import Muon
+from .muon_aux_adam import MuonWithAuxAdam
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
@@ -23,4 +24,5 @@ from .sparse_adam import SparseAdam
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
     "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion",
+    "MuonWithAuxAdam",
 ]  # fmt: skip
