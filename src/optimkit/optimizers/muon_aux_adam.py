@@ -146,7 +146,7 @@ class MuonWithAuxAdam(Optimizer):
                     f"hyperparameters of {other_name} only"
                 )
             if kind and group.get("cautious"):
-                raise ValueError("cautious=True is AdamW's (optimkit's Adam/AdamW/Lion option), not Muon's")
+                raise ValueError("cautious=True is an option of the AdamW groups (optimkit's, see AdamW), not of Muon's")
             for k, v in self._kind_defaults[kind].items():
                 group.setdefault(k, v)
         self._check_kinds(group)
