@@ -497,10 +497,11 @@ class Optimizer(torch.optim.Optimizer):
         params, grads = self._params_with_grad(group)
         if not params:
             return
-        if not (group.get("fused") and self.rule.caps.fused is not None):
+        rule = self._rule_for(group)
+        if not (group.get("fused") and rule.caps.fused is not None):
             self._check_group(group, params)
         job = Job(
-            rule=self.rule, group=group, params=params, grads=grads, hyper=self._hyper(group),
+            rule=rule, group=group, params=params, grads=grads, hyper=self._hyper(group),
             store=self._store, grad_scale=getattr(self, "grad_scale", None),
             found_inf=getattr(self, "found_inf", None),
         )  # fmt: skip
@@ -516,9 +517,14 @@ class Optimizer(torch.optim.Optimizer):
                         f"If capturable=True, {self._capturable_tensors} must be on supported devices: {devices}."
                     )
 
+    def _rule_for(self, group: dict[str, Any]) -> Rule:
+        """The rule that steps ``group``: the class's, or a variant of it that a group option
+        calls for (``cautious=True`` makes Adam's step need whole tensors: ``Rule.variant``)."""
+        return self.rule
+
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         """The rule's keyword arguments from the group (its keys, by the rule's argument names)."""
-        return self.rule.hyperparameters(group)
+        return self._rule_for(group).hyperparameters(group)
 
     # ------------------------------------------------------------------ state dicts
     def state_dict(self) -> StateDict:

@@ -28,6 +28,7 @@ A rule stays an ordinary function: ``adam_(p, g, state, lr=1e-3, ...)`` runs one
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -163,11 +164,14 @@ class Rule:
         self.fn = fn
         self.state = dict(state)
         self.caps = caps
-        self.hyper = tuple(
-            name for name, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY
-        )
+        kw_only = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        self.hyper = tuple(p.name for p in kw_only)
+        # A keyword-only argument with a default is optional: a group without the key (a state
+        # dict of torch's, a group of an older version) leaves it at its default.
+        self.optional = frozenset(p.name for p in kw_only if p.default is not p.empty)
         self.scalar_keys = frozenset(k for k, s in self.state.items() if s.kind == "scalar")
         self.param_keys = frozenset(k for k, s in self.state.items() if s.kind == "param")
+        self._variants: dict[tuple, Rule] = {}
 
     def __call__(self, *args: Any, **hyper: Any) -> None:
         self.fn(*args, **hyper)
@@ -183,7 +187,15 @@ class Rule:
 
     def hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         """The rule's keyword arguments from ``group`` (one-element tensors as 0-d)."""
-        return {k: _scalars(group[k]) for k in self.hyper}
+        return {k: _scalars(group[k]) for k in self.hyper if k in group or k not in self.optional}
+
+    def variant(self, **caps: Any) -> Rule:
+        """The same function and state with other capabilities (a cautious Adam step is
+        not elementwise, see :func:`optimkit.transforms.caution`); made once per rule."""
+        key = tuple(sorted(caps.items()))
+        if key not in self._variants:
+            self._variants[key] = Rule(self.fn, self.state, dataclasses.replace(self.caps, **caps))
+        return self._variants[key]
 
 
 def _scalars(x: Any) -> Any:

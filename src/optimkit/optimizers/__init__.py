@@ -25,6 +25,7 @@ from .lion import Lion
 from .lookahead import Lookahead as Lookahead  # a wrapper: not in __all__ (see above)
 from .mars import MARS
 from .muon import Muon
+from .muon_aux_adam import MuonWithAuxAdam
 from .nadam import NAdam
 from .prodigy import Prodigy
 from .radam import RAdam
@@ -40,7 +41,7 @@ __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD",
     "Rprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "Lion", "CAME", "SOAP", "SAM", "Prodigy",
     "DAdaptAdam", "DAdaptSGD", "ADOPT", "Adan", "AdEMAMix", "LAMB", "LARS", "MARS",
-    "ScheduleFreeAdamW", "ScheduleFreeSGD", "ScheduleFreeRAdam",
+    "ScheduleFreeAdamW", "ScheduleFreeSGD", "ScheduleFreeRAdam", "MuonWithAuxAdam",
 ]  # fmt: skip
 
 WRAPPERS = ["Lookahead"]  # exported by optimkit, outside the registry

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_lr", "check_nonneg", "check_betas", "check_impl_flags"]
+__all__ = ["check_lr", "check_nonneg", "check_betas", "check_impl_flags", "check_cautious"]
 
 
 def check_lr(lr: float | torch.Tensor) -> None:
@@ -36,3 +36,17 @@ def check_impl_flags(foreach: bool | None, fused: bool | None, differentiable: b
             raise RuntimeError("`fused` does not support `differentiable`")
         if foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+def check_cautious(cautious: bool, *, fused: bool | None = None, compile: bool = False) -> None:
+    """``cautious=True`` needs a mean over each whole parameter (optimkit.transforms.caution):
+    no torch fused kernel has it, and the compiled loop runs on packs and chunks."""
+    if not isinstance(cautious, bool):
+        raise ValueError(f"cautious must be True or False, got {cautious!r}")
+    if cautious and fused:
+        raise ValueError("cautious=True has no fused kernel: use fused=False (or None)")
+    if cautious and compile:
+        raise ValueError(
+            "cautious=True needs a mean over each whole parameter; compile=True compiles the "
+            "elementwise step of packs and chunks: use one or the other"
+        )

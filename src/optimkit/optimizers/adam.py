@@ -9,11 +9,11 @@ from torch import Tensor
 
 from ..ops import as_real, differentiating, item, to_scalar
 from ..optimizer import Optimizer
-from ..rule import rule, step, when, zeros
-from ..transforms import decay_weights, running_max
-from ._checks import check_betas, check_impl_flags, check_lr, check_nonneg
+from ..rule import Rule, rule, step, when, zeros
+from ..transforms import caution, cautious_rule, decay_weights, running_max
+from ._checks import check_betas, check_cautious, check_impl_flags, check_lr, check_nonneg
 
-__all__ = ["Adam", "AdamW", "adam_"]
+__all__ = ["Adam", "AdamW", "adam_", "check_adam_args"]
 
 
 @rule(
@@ -32,6 +32,7 @@ def adam_(
     amsgrad: bool,
     maximize: bool,
     decoupled_weight_decay: bool,
+    cautious: bool = False,
 ) -> None:
     r"""One Adam step on ``param`` (in place).
 
@@ -43,6 +44,10 @@ def adam_(
         \hat v &\leftarrow \max(\hat v, v) \text{ (amsgrad) or } v \\
         \theta &\leftarrow \theta - \frac{\gamma}{1-\beta_1^t}\,
             \frac{m}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    With ``cautious``, :math:`m` in the last line is masked where it disagrees in sign with
+    :math:`g` (:func:`~optimkit.transforms.caution`; a whole-tensor mean, so the class steps
+    such a group per tensor).
 
     State: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (amsgrad).
     """
@@ -68,7 +73,40 @@ def adam_(
     if amsgrad:
         exp_avg_sq = running_max(max_exp_avg_sq, exp_avg_sq)
     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    param.addcdiv_(exp_avg.clone() if differentiating() else exp_avg, denom, value=-step_size)
+    if cautious:  # timm's caution=True: m masked by sign(m) == sign(g), a new tensor
+        update = caution(exp_avg, grad)
+    else:
+        update = exp_avg.clone() if differentiating() else exp_avg
+    param.addcdiv_(update, denom, value=-step_size)
+
+
+def check_adam_args(lr: float | Tensor, betas: tuple[float | Tensor, float | Tensor], eps: float,
+                    weight_decay: float, *, foreach: bool | None, capturable: bool) -> tuple[Any, Any]:  # fmt: skip
+    """torch's constructor checks of Adam's hyperparameters, with its messages; returns the
+    betas with one-element tensors as 0-d."""
+    if isinstance(lr, Tensor):
+        if foreach and not capturable:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+    check_lr(lr)
+    check_nonneg(eps, "epsilon value")
+    check_betas(betas)
+    check_nonneg(weight_decay, "weight_decay value")
+    if not (
+        (isinstance(betas[0], float) and isinstance(betas[1], float))
+        or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
+    ):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, Tensor):
+            if not capturable and foreach:
+                raise ValueError(
+                    f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True"
+                )
+            if beta.numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element")
+    return tuple(map(to_scalar, betas))
 
 
 class Adam(Optimizer):
@@ -84,6 +122,13 @@ class Adam(Optimizer):
         maximize (bool): maximize the objective.
         decoupled_weight_decay (bool): decay the weights directly (AdamW) instead of adding
             :math:`\lambda\theta` to the gradient.
+        cautious (bool): the cautious mask of Liang et al. 2024 (C-Optim), as timm 1.0.31's
+            ``caution=True``: the update keeps only the components whose sign agrees with the
+            gradient's, rescaled by the inverse fraction kept (:func:`optimkit.transforms.caution`).
+            Not torch's; it needs a mean over each whole parameter, so a cautious group is
+            stepped per tensor (gathered under FSDP2), not packed, fused or compiled
+            (``fused=True``/``compile=True`` with it are refused). Groups carry the key only
+            when it is True, so state dicts stay torch's otherwise.
         foreach, capturable, differentiable, fused, compile: see the README's "Implementation flags".
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
@@ -114,38 +159,22 @@ class Adam(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        cautious: bool = False,
         compile: bool = False,
     ) -> None:
-        if isinstance(lr, Tensor):
-            if foreach and not capturable:
-                raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
-            if lr.numel() != 1:
-                raise ValueError("Tensor lr must be 1-element")
-        check_lr(lr)
-        check_nonneg(eps, "epsilon value")
-        check_betas(betas)
-        check_nonneg(weight_decay, "weight_decay value")
-        if not (
-            (isinstance(betas[0], float) and isinstance(betas[1], float))
-            or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
-        ):
-            raise ValueError("betas must be either both floats or both Tensors")
-        for i, beta in enumerate(betas):
-            if isinstance(beta, Tensor):
-                if not capturable and foreach:
-                    raise ValueError(
-                        f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True"
-                    )
-                if beta.numel() != 1:
-                    raise ValueError(f"Tensor betas[{i}] must be 1-element")
-        betas = tuple(map(to_scalar, betas))
+        betas = check_adam_args(lr, betas, eps, weight_decay, foreach=foreach, capturable=capturable)
+        check_cautious(cautious, fused=fused, compile=compile)
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay,
+            **({"cautious": True} if cautious else {}),
         )  # fmt: skip
         super().__init__(params, defaults, compile=compile)
         check_impl_flags(foreach, fused, differentiable)
+
+    def _rule_for(self, group: dict[str, Any]) -> Rule:
+        return cautious_rule(self.rule, group)
 
 
 class AdamW(Adam):
@@ -169,12 +198,13 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        cautious: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=True, compile=compile,
+            decoupled_weight_decay=True, cautious=cautious, compile=compile,
         )  # fmt: skip
 
     configs = (

@@ -7,13 +7,14 @@ from typing import Any
 from torch import Tensor
 
 from ..optimizer import Optimizer
-from ..rule import rule, zeros
-from ._checks import check_betas, check_lr
+from ..rule import Rule, rule, zeros
+from ..transforms import caution, cautious_rule
+from ._checks import check_betas, check_cautious, check_lr
 
 
 @rule(state={"exp_avg": zeros}, elementwise=True, complex=False)
 def lion_(param: Tensor, grad: Tensor, state: dict[str, Any], *, lr: float | Tensor, betas: tuple[float, float],
-          weight_decay: float, decoupled_weight_decay: bool, init_lr: float) -> None:  # fmt: skip
+          weight_decay: float, decoupled_weight_decay: bool, init_lr: float, cautious: bool = False) -> None:  # fmt: skip
     r"""One Lion step on ``param`` (in place), in lion-pytorch's op order.
 
     .. math::
@@ -22,12 +23,17 @@ def lion_(param: Tensor, grad: Tensor, state: dict[str, Any], *, lr: float | Ten
         \theta &\leftarrow \theta - \gamma\, \operatorname{sign}(\beta_1 m + (1-\beta_1) g) \\
         m &\leftarrow \beta_2 m + (1-\beta_2) g
 
+    With ``cautious``, the sign update is masked where it disagrees with :math:`g`
+    (:func:`~optimkit.transforms.caution`, timm's ``caution=True``) before it is applied.
+
     State: ``exp_avg`` (m)."""
     beta1, beta2 = betas
     exp_avg = state["exp_avg"]
     wd = weight_decay / init_lr if decoupled_weight_decay else weight_decay
     param.mul_(1.0 - lr * wd)
     update = exp_avg.clone().mul_(beta1).add(grad, alpha=1.0 - beta1).sgn_()
+    if cautious:
+        update = caution(update, grad)
     param.add_(update, alpha=-lr)
     exp_avg.mul_(beta2).add_(grad, alpha=1.0 - beta2)
 
@@ -44,6 +50,8 @@ class Lion(Optimizer):
         use_triton (bool): lion-pytorch's Triton kernel: not here (``compile=True`` fuses the loop).
         decoupled_weight_decay (bool): divide :math:`\lambda` by the constructor's lr
             :math:`\gamma_0` (kept in each group as ``init_lr``), so the decay follows the schedule.
+        cautious (bool): the cautious mask (Liang et al. 2024), as timm 1.0.31's Lion
+            ``caution=True`` (not in lion-pytorch): see :class:`optimkit.Adam`'s ``cautious``.
     """
 
     rule = lion_
@@ -54,11 +62,16 @@ class Lion(Optimizer):
 
     def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, use_triton: bool = False, decoupled_weight_decay: bool = False,
-                 *, compile: bool = False) -> None:  # fmt: skip
+                 *, cautious: bool = False, compile: bool = False) -> None:  # fmt: skip
         check_lr(lr)
         check_betas(betas)
+        check_cautious(cautious, compile=compile)
         if use_triton:
             raise ValueError("use_triton=True is lion-pytorch's CUDA kernel; optimkit's fused loop is compile=True")
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay,
-                        decoupled_weight_decay=decoupled_weight_decay, init_lr=lr)  # fmt: skip
+                        decoupled_weight_decay=decoupled_weight_decay, init_lr=lr,
+                        **({"cautious": True} if cautious else {}))  # fmt: skip
         super().__init__(params, defaults, compile=compile)
+
+    def _rule_for(self, group: dict[str, Any]) -> Rule:
+        return cautious_rule(self.rule, group)

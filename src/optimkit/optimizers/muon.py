@@ -11,7 +11,9 @@ from torch import Tensor
 from ..optimizer import Optimizer
 from ..rule import like, rule
 
-__all__ = ["Muon", "muon_", "zeropower_via_newtonschulz"]
+__all__ = [
+    "Muon", "muon_", "zeropower_via_newtonschulz", "check_muon_args", "check_matrices", "check_muon_step",
+]  # fmt: skip
 
 # Keller Jordan's quintic coefficients (maximal slope at zero) and defaults, as in torch.
 EPS = 1e-7
@@ -64,6 +66,44 @@ def adjusted_lr(lr: float | Tensor, adjust_lr_fn: str | None, shape: torch.Size)
     else:
         ratio = 1.0
     return lr * ratio
+
+
+def check_muon_args(lr: float | Tensor, momentum: float, weight_decay: float, adjust_lr_fn: str | None) -> None:
+    """torch's constructor checks of Muon's hyperparameters, with its messages."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+    if not 0.0 <= momentum:
+        raise ValueError(f"momentum should be >= 0 but is: {momentum}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"weight decay should be >= 0 but is: {weight_decay}")
+    if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
+        raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
+
+
+def check_matrices(params: list[Tensor]) -> None:
+    """torch's construction-time check: Muon takes 2-D parameters only."""
+    for p in params:
+        if p.ndim != 2:
+            raise ValueError(f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()}")
+
+
+def check_muon_step(group: dict[str, Any], params: list[Tensor]) -> None:
+    """torch's per-step checks, in its order (complex before sparse, parameter by parameter).
+
+    torch raises the shape and Newton-Schulz checks from inside the update of the first
+    parameter, after mixing its gradient into the momentum buffer; optimkit raises before
+    anything changes."""
+    for p in params:
+        if torch.is_complex(p):
+            raise RuntimeError("Muon does not support complex parameters")
+        if p.grad.is_sparse:
+            raise RuntimeError("Muon does not support sparse gradients")
+    for p in params:
+        if p.grad.ndim != 2:
+            raise ValueError("Param gradient must be a 2D matrix")
+        _check_ns_args(p.grad, group["ns_coefficients"], group["ns_steps"])
 
 
 # torch shapes the buffer after the gradient.
@@ -150,16 +190,7 @@ class Muon(Optimizer):
         ns_steps: int = DEFAULT_NS_STEPS,
         adjust_lr_fn: str | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
-        if not 0.0 <= momentum:
-            raise ValueError(f"momentum should be >= 0 but is: {momentum}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"weight decay should be >= 0 but is: {weight_decay}")
-        if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
-            raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
+        check_muon_args(lr, momentum, weight_decay, adjust_lr_fn)
         defaults = dict(
             lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
             ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
@@ -167,23 +198,8 @@ class Muon(Optimizer):
         super().__init__(params, defaults)
         # Checked at construction only, as in torch (not for groups added later).
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.ndim != 2:
-                    raise ValueError(
-                        f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()}"
-                    )
+            check_matrices(group["params"])
 
     def _check_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
         super()._check_group(group, params)
-        # torch's checks, in its order (complex before sparse, parameter by parameter).
-        for p in params:
-            if torch.is_complex(p):
-                raise RuntimeError("Muon does not support complex parameters")
-            if p.grad.is_sparse:
-                raise RuntimeError("Muon does not support sparse gradients")
-        # torch raises these from inside the update of the first parameter, after mixing its
-        # gradient into the momentum buffer; optimkit raises before anything changes.
-        for p in params:
-            if p.grad.ndim != 2:
-                raise ValueError("Param gradient must be a 2D matrix")
-            _check_ns_args(p.grad, group["ns_coefficients"], group["ns_steps"])
+        check_muon_step(group, params)

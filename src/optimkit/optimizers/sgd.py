@@ -9,8 +9,9 @@ from torch import Tensor
 
 from ..ops import add_scaled, taken
 from ..optimizer import Optimizer
-from ..rule import created, rule
-from ._checks import check_impl_flags, check_lr, check_nonneg
+from ..rule import Rule, created, rule
+from ..transforms import caution, cautious_rule
+from ._checks import check_cautious, check_impl_flags, check_lr, check_nonneg
 
 __all__ = ["SGD", "sgd_"]
 
@@ -29,6 +30,7 @@ def sgd_(
     weight_decay: float | Tensor,
     nesterov: bool,
     maximize: bool,
+    cautious: bool = False,
 ) -> None:
     r"""One SGD step on ``param`` (in place).
 
@@ -37,6 +39,9 @@ def sgd_(
         b &\leftarrow g \text{ at the first step, else } \mu b + (1-\tau) g \\
         g &\leftarrow g + \mu b \text{ (Nesterov) or } b \\
         \theta &\leftarrow \theta - \gamma g
+
+    With ``cautious`` (and momentum), the last :math:`g` is masked where it disagrees in sign
+    with the gradient (:func:`~optimkit.transforms.caution`, timm's ``caution=True``).
 
     State: ``momentum_buffer`` (created from the first gradient, only when ``momentum != 0``).
     """
@@ -54,7 +59,8 @@ def sgd_(
             buf = state["momentum_buffer"] = grad.detach().clone()
         else:
             buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-        grad = add_scaled(grad, buf, momentum) if nesterov else buf
+        update = add_scaled(grad, buf, momentum) if nesterov else buf
+        grad = caution(update, grad) if cautious else update
     if isinstance(lr, Tensor) and lr.requires_grad:
         param.addcmul_(grad, lr, value=-1)
     else:
@@ -72,6 +78,10 @@ class SGD(Optimizer):
         weight_decay (float): L2 penalty :math:`\lambda` (default: 0).
         nesterov (bool): Nesterov momentum, Sutskever et al. 2013 (default: False).
         maximize (bool): maximize the objective (default: False).
+        cautious (bool): the cautious mask (Liang et al. 2024) on the momentum update, as
+            timm 1.0.31's SGDW ``caution=True``; only with momentum (without, as in timm, it
+            changes nothing). Not torch's: see :class:`optimkit.Adam`'s ``cautious``; dense
+            gradients only.
         foreach, differentiable, fused, compile: see the README's "Implementation flags".
 
     State per parameter: ``momentum_buffer`` (only with momentum).
@@ -99,17 +109,27 @@ class SGD(Optimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        cautious: bool = False,
         compile: bool = False,
     ) -> None:
         check_lr(lr)
         check_nonneg(momentum, "momentum value")
         check_nonneg(weight_decay, "weight_decay value")
+        check_cautious(cautious, fused=fused, compile=compile)
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, maximize=maximize, foreach=foreach,
-            differentiable=differentiable, fused=fused,
+            differentiable=differentiable, fused=fused, **({"cautious": True} if cautious else {}),
         )  # fmt: skip
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_impl_flags(foreach, fused, differentiable)
         super().__init__(params, defaults, compile=compile)
+
+    def _rule_for(self, group: dict[str, Any]) -> Rule:
+        return cautious_rule(self.rule, group)
+
+    def _check_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        super()._check_group(group, params)
+        if group.get("cautious") and any(p.grad.is_sparse for p in params):
+            raise RuntimeError("SGD with cautious=True does not support sparse gradients")
