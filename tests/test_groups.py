@@ -226,3 +226,23 @@ def test_create_optimizer_from_a_model():
         optimkit.create_optimizer("sgd", model.parameters(), lr=0.1, layer_decay=0.5)
     opt = optimkit.create_optimizer("sgd", model, lr=0.1, param_group_fn=lambda m: [{"params": m.head.parameters()}])
     assert len(opt.param_groups[0]["params"]) == 2
+
+
+def test_create_optimizer_splits_a_model_for_muon_and_wraps_in_lookahead():
+    model = nn.ModuleDict(
+        {"embed": nn.Embedding(10, 8), "hidden": nn.Linear(8, 8), "norm": nn.LayerNorm(8), "head": nn.Linear(8, 10)}
+    )
+    opt = optimkit.create_optimizer("muonwithauxadam", model, lr=0.02)
+    kinds = {n: g["use_muon"] for g in opt.param_groups for n in g["param_names"]}
+    assert kinds == {"embed.weight": False, "hidden.weight": True, "hidden.bias": False, "norm.weight": False,
+                     "norm.bias": False, "head.weight": False, "head.bias": False}  # fmt: skip
+    by_name = {n: g for g in opt.param_groups for n in g["param_names"]}
+    assert by_name["hidden.weight"]["weight_decay"] == 0.1  # Muon's default
+    assert by_name["head.weight"]["weight_decay"] == 1e-2  # AdamW's default
+    assert by_name["head.bias"]["weight_decay"] == 0.0 and by_name["embed.weight"]["weight_decay"] == 0.0
+    opt = optimkit.create_optimizer("muonwithauxadam", model, weight_decay=0.05)
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.05}
+    for spelled in ({"name": "lookahead_adamw"}, {"name": "adamw", "lookahead": {"k": 3}}):
+        opt = optimkit.create_optimizer(**spelled, model_or_params=model, lr=1e-3)
+        assert isinstance(opt, optimkit.Lookahead) and isinstance(opt.optimizer, optimkit.AdamW)
+    assert opt.k == 3

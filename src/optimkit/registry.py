@@ -151,6 +151,7 @@ def create_optimizer(
     layer_decay: float | None = None,
     filter_bias_and_bn: bool = True,
     param_group_fn: Callable[[torch.nn.Module], Any] | None = None,
+    lookahead: bool | dict[str, Any] = False,
     **kwargs: Any,
 ) -> torch.optim.Optimizer:
     """Build a registered optimizer by name, from parameters or from a model.
@@ -161,8 +162,22 @@ def create_optimizer(
     layer-wise lr decay with ``layer_decay``, parameter names kept -- or from
     ``param_group_fn(model)``: ``create_optimizer("adamw", model, lr=3e-4, weight_decay=0.05,
     layer_decay=0.75)``. The keywords are timm's ``create_optimizer_v2``'s where they overlap;
-    the others go to the optimizer.
+    the others go to the optimizer. A class that needs more from the model's groups declares
+    it (``MuonWithAuxAdam.model_groups``: ``use_muon`` for the hidden weight matrices).
+
+    ``lookahead=True`` (or ``{"k": 5, "alpha": 0.5}``, or a name ``"lookahead_adamw"`` as
+    timm spells it) wraps the optimizer in :class:`~optimkit.optimizers.lookahead.Lookahead`.
     """
+    if name.lower().startswith("lookahead_"):
+        name, lookahead = name[len("lookahead_") :], lookahead or True
+    if lookahead:
+        from .optimizers.lookahead import Lookahead
+
+        inner = create_optimizer(
+            name, model_or_params, layer_decay=layer_decay, filter_bias_and_bn=filter_bias_and_bn,
+            param_group_fn=param_group_fn, **kwargs,
+        )  # fmt: skip
+        return Lookahead(inner, **(lookahead if isinstance(lookahead, dict) else {}))
     spec = get_spec(name)
     cls = spec.cls
     # Arguments the constructor requires and kwargs lack come from the spec's first config
@@ -176,6 +191,20 @@ def create_optimizer(
     if param_group_fn is not None:
         return cls(param_group_fn(model), **kwargs)
     signature = inspect.signature(cls.__init__).parameters
+    options = dict(getattr(cls, "model_groups", {}))
+    if options:  # weight decay is per group there (each kind has its own default)
+        weight_decay = kwargs.pop("weight_decay", None)
+        groups = param_groups(
+            model, lr=kwargs.get("lr") if layer_decay is not None else None,
+            weight_decay=1.0 if weight_decay is None else weight_decay, layer_decay=layer_decay,
+            exclude_1d=filter_bias_and_bn, no_decay_types=NO_DECAY_TYPES if filter_bias_and_bn else (),
+            **options,
+        )  # fmt: skip
+        if weight_decay is None:  # where it applies, the kind's own default
+            for group in groups:
+                if group["weight_decay"]:
+                    del group["weight_decay"]
+        return cls(groups, **kwargs)
     decays = "weight_decay" in signature  # Rprop, LBFGS, ... have no weight decay to group by
     if layer_decay is None and not (decays and filter_bias_and_bn):
         return cls(model.named_parameters(), **kwargs)

@@ -98,6 +98,10 @@ class MuonWithAuxAdam(Optimizer):
     torch's two optimizers' together.
     """
 
+    #: Built from a model (``create_optimizer("muonwithauxadam", model)``), its groups say
+    #: ``use_muon``: hidden weight matrices to Muon, embeddings, head, biases and norms to AdamW.
+    model_groups = {"muon": True}
+
     rule = None
     # Not elementwise as a whole (Muon's groups need whole matrices); each group's job still
     # goes to the executor its own rule calls for -- AdamW's packed or fused, Muon's per tensor.
