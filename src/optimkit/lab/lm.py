@@ -311,8 +311,8 @@ class _Trainer:
         self.opt: LabOptimizer | None = None
         self.step = 0
         try:
+            # (a LabOptimizer starts in training mode: Schedule-Free's train() is called for us)
             self.opt = LabOptimizer(name, self.model.parameters(), lr, matrices=hidden_matrices(self.model))
-            self.opt.train()
         except Exception as e:  # an optimizer that cannot take this model: a note, not a crash
             self.run.note = _why(e)
         self._evaluate()

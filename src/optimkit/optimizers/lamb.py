@@ -118,8 +118,9 @@ def lamb_(
     if batched:  # the oracle's foreach path (never with rectify), its ops on one-tensor lists
         ps, es, vs = [param], [exp_avg], [exp_avg_sq]
         gs = [-grad] if maximize else [grad]
-        if grad_scale is not None:
-            gs = torch._foreach_mul(gs, grad_scale)
+        if grad_scale is not None:  # in place on a copy, as the oracle's on p.grad (its dtype)
+            gs = [gs[0] if maximize else grad.clone()]
+            torch._foreach_mul_(gs, grad_scale)
         if weight_decouple and weight_decay != 0.0:
             torch._foreach_mul_(ps, 1.0 - weight_decay if fixed_decay else 1.0 - weight_decay * lr)
         torch._foreach_mul_(es, beta1)
@@ -142,7 +143,9 @@ def lamb_(
         return
 
     if grad_scale is not None:
-        grad = grad.mul(grad_scale)
+        # The oracle's in-place grad.mul_(scale): the gradient's dtype (an out-of-place product
+        # of a 0-dim bfloat16 gradient and the float32 scale would be float32).
+        grad = grad.clone().mul_(grad_scale)
     if maximize:
         grad = -grad
     if param.is_complex():

@@ -68,8 +68,10 @@ def lars_(
         add_scaled_update(param, gs[0], -lr)
         return
 
-    if maximize:
-        grad = -grad
+    # The oracle updates p.grad in place and steps with it: a copy of the gradient keeps its
+    # layout, so the final add runs on the same strides (a channels-last parameter with a
+    # contiguous gradient rounds differently when the update has the parameter's layout).
+    grad = -grad if maximize else grad.clone()
     if param.ndim > 1:
         param_norm = norm(param, False)
         update_norm = norm(grad, False)
@@ -80,12 +82,15 @@ def lars_(
             torch.where(denominator > 0.0, (trust_coefficient * param_norm / denominator), one),
             one,
         )
-        grad = grad.add(param, alpha=weight_decay)
+        grad.add_(param, alpha=weight_decay)
         grad.mul_(trust_ratio)
     if momentum > 0.0:
         buf = state["momentum_buffer"]
         buf.mul_(momentum).add_(grad, alpha=1.0 - dampening)
-        grad = grad.add(buf, alpha=momentum) if nesterov else buf
+        if nesterov:
+            grad.add_(buf, alpha=momentum)
+        else:
+            grad.copy_(buf)
     param.add_(grad, alpha=-lr)
 
 
