@@ -68,10 +68,15 @@ def lars_(
         add_scaled_update(param, gs[0], -lr)
         return
 
-    # The oracle updates p.grad in place and steps with it: a copy of the gradient keeps its
-    # layout, so the final add runs on the same strides (a channels-last parameter with a
-    # contiguous gradient rounds differently when the update has the parameter's layout).
-    grad = -grad if maximize else grad.clone()
+    # The oracle updates p.grad in place and steps with it. Where the gradient's layout is not
+    # the parameter's (a contiguous gradient of a channels-last weight), the update must keep
+    # the gradient's layout -- the final add rounds differently on other strides -- so work on a
+    # copy of it; otherwise the out-of-place ops below give the same layout without a copy.
+    if maximize:
+        grad = -grad
+    elif grad.stride() != param.stride():
+        grad = grad.clone()
+    own = maximize or grad is not param.grad  # may be written in place
     if param.ndim > 1:
         param_norm = norm(param, False)
         update_norm = norm(grad, False)
@@ -82,15 +87,18 @@ def lars_(
             torch.where(denominator > 0.0, (trust_coefficient * param_norm / denominator), one),
             one,
         )
-        grad.add_(param, alpha=weight_decay)
+        grad = grad.add_(param, alpha=weight_decay) if own else grad.add(param, alpha=weight_decay)
         grad.mul_(trust_ratio)
+        own = True
     if momentum > 0.0:
         buf = state["momentum_buffer"]
         buf.mul_(momentum).add_(grad, alpha=1.0 - dampening)
         if nesterov:
-            grad.add_(buf, alpha=momentum)
-        else:
+            grad = grad.add_(buf, alpha=momentum) if own else grad.add(buf, alpha=momentum)
+        elif own:
             grad.copy_(buf)
+        else:
+            grad = buf
     param.add_(grad, alpha=-lr)
 
 
