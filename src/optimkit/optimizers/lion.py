@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..ops import add_scaled
 from ..optimizer import Optimizer
 from ..rule import Rule, rule, zeros
 from ..transforms import caution, cautious_rule
@@ -31,7 +32,8 @@ def lion_(param: Tensor, grad: Tensor, state: dict[str, Any], *, lr: float | Ten
     exp_avg = state["exp_avg"]
     wd = weight_decay / init_lr if decoupled_weight_decay else weight_decay
     param.mul_(1.0 - lr * wd)
-    update = exp_avg.clone().mul_(beta1).add(grad, alpha=1.0 - beta1).sgn_()
+    # (add_scaled: under compile=True a tensor alpha of an out-of-place add breaks the graph)
+    update = add_scaled(exp_avg.clone().mul_(beta1), grad, 1.0 - beta1).sgn_()
     if cautious:
         update = caution(update, grad)
     param.add_(update, alpha=-lr)
