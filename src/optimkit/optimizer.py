@@ -272,6 +272,12 @@ class Optimizer(torch.optim.Optimizer):
         self._compiled = Compiled() if compile else None
         self.state = state.pop("state", defaultdict(dict))
         self.__dict__.update(state)
+        self._restore_bookkeeping()
+        self.defaults.setdefault("differentiable", False)
+
+    def _restore_bookkeeping(self) -> None:
+        """Hook tables, step count and profiler name an unpickled optimizer lacks (wrappers,
+        which pickle their own way, call this too)."""
         for name in (
             "_optimizer_step_pre_hooks",
             "_optimizer_step_post_hooks",
@@ -283,7 +289,6 @@ class Optimizer(torch.optim.Optimizer):
             self.__dict__.setdefault(name, OrderedDict())
         self.__dict__.setdefault("_step_count", 0)
         self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
-        self.defaults.setdefault("differentiable", False)
 
     # ------------------------------------------------------------------ state and capabilities
     @property

@@ -7,7 +7,7 @@ table (exactness against the authors'-package oracle, resume, checkpoints).
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -110,14 +110,7 @@ class Lookahead(Optimizer):
     def _bookkeeping(self) -> None:
         self._store = StateStore()
         self._compiled = None
-        for name in (
-            "_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-            "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-            "_optimizer_load_state_dict_post_hooks",
-        ):  # fmt: skip
-            self.__dict__.setdefault(name, OrderedDict())
-        self.__dict__.setdefault("_step_count", 0)
-        self._zero_grad_profile_name = "Optimizer.zero_grad#Lookahead.zero_grad"
+        self._restore_bookkeeping()
 
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("counter", 0)

@@ -7,7 +7,6 @@ the class passed as ``base_optimizer`` on the same parameter groups.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -191,14 +190,7 @@ class SAM(Optimizer):
         self.__dict__.update(state)
         self._store = StateStore()
         self._compiled = None
-        for name in (
-            "_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-            "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-            "_optimizer_load_state_dict_post_hooks",
-        ):  # fmt: skip
-            self.__dict__.setdefault(name, OrderedDict())
-        self.__dict__.setdefault("_step_count", 0)
-        self._zero_grad_profile_name = "Optimizer.zero_grad#SAM.zero_grad"
+        self._restore_bookkeeping()
 
     # ------------------------------------------------------------------ state dicts: the base optimizer's
     def state_dict(self) -> dict[str, Any]:
