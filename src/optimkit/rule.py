@@ -42,7 +42,7 @@ from .ops import to_scalar
 
 __all__ = [
     "Capabilities", "Rule", "Slot", "rule", "zeros", "full", "like", "step", "scalar", "other",
-    "created", "when", "step_tensor", "scalar_dtype",
+    "created", "when", "moment", "step_tensor", "scalar_dtype",
 ]  # fmt: skip
 
 Init = Callable[[Tensor, dict[str, Any]], Any]
@@ -71,11 +71,17 @@ class Slot:
         kind: ``"param"`` (the parameter's shape), ``"scalar"`` (one number per parameter,
             e.g. ``step``) or ``"other"`` (any other shape).
         cond: ``cond(param, group)``: whether the entry exists (None: always).
+        encodable: a param-shaped moment estimate that a state encoding may store in bf16,
+            8, 4 bits or FP8 (:mod:`optimkit.execution.encodings`): ``"signed"`` or
+            ``"unsigned"`` (never negative: a second moment, which gets the unsigned map).
+            None: always kept as the rule makes it (an iterate such as Schedule-Free's ``z``,
+            ASGD's average, Rprop's step sizes -- low precision would change the method).
     """
 
     init: Init | None
     kind: Literal["param", "scalar", "other"] = "param"
     cond: Callable[[Tensor, dict[str, Any]], bool] | None = None
+    encodable: Literal["signed", "unsigned"] | None = None
 
     def wanted(self, p: Tensor, group: dict[str, Any]) -> bool:
         return self.cond is None or bool(self.cond(p, group))
@@ -121,7 +127,16 @@ def when(cond: str | Callable[[Tensor, dict[str, Any]], bool], slot: Slot) -> Sl
     """``slot`` only where ``cond`` holds: a group key (``when("amsgrad", zeros)``) or a
     function ``cond(param, group)``."""
     test = (lambda p, group: bool(group[cond])) if isinstance(cond, str) else cond
-    return Slot(slot.init, slot.kind, test)
+    return dataclasses.replace(slot, cond=test)
+
+
+def moment(slot: Slot = zeros, *, nonnegative: bool = False) -> Slot:
+    """``slot`` (param-shaped) as a moment estimate, which a state encoding may store in low
+    precision (``state_encoding="8bit"``...); ``nonnegative`` for one that is never negative
+    (``exp_avg_sq``), which gets the encoding's unsigned map."""
+    if slot.kind != "param":
+        raise ValueError("only param-shaped state can be a moment")
+    return dataclasses.replace(slot, encodable="unsigned" if nonnegative else "signed")
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,8 @@ class Rule:
         self.optional = frozenset(p.name for p in kw_only if p.default is not p.empty)
         self.scalar_keys = frozenset(k for k, s in self.state.items() if s.kind == "scalar")
         self.param_keys = frozenset(k for k, s in self.state.items() if s.kind == "param")
+        #: Param-shaped moments a state encoding may store in low precision, with their sign.
+        self.encodable = {k: s.encodable for k, s in self.state.items() if s.encodable is not None}
         self._variants: dict[tuple, Rule] = {}
 
     def __call__(self, *args: Any, **hyper: Any) -> None:

@@ -9,14 +9,14 @@ from torch import Tensor
 
 from ..ops import as_real, differentiating
 from ..optimizer import Optimizer
-from ..rule import rule, step, zeros
+from ..rule import moment, rule, step
 from ..transforms import decay_weights
 from ._checks import check_lr, check_nonneg
 
 __all__ = ["Adadelta", "adadelta_"]
 
 
-@rule(state={"step": step, "square_avg": zeros, "acc_delta": zeros}, elementwise=True)
+@rule(state={"step": step, "square_avg": moment(nonnegative=True), "acc_delta": moment(nonnegative=True)}, elementwise=True)
 def adadelta_(
     param: Tensor,
     grad: Tensor,

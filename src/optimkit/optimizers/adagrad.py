@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..ops import add_scaled, as_real, differentiating, item, taken
 from ..optimizer import Optimizer
-from ..rule import full, rule, step
+from ..rule import full, moment, rule, step
 from ._checks import check_impl_flags, check_lr, check_nonneg
 
 __all__ = ["Adagrad", "adagrad_"]
@@ -20,7 +20,7 @@ def _initial_sum(p: Tensor, group: dict[str, Any]) -> Any:
     return complex(init, init) if p.is_complex() else init
 
 
-@rule(state={"step": step, "sum": full(_initial_sum)}, elementwise=True, sparse="yes", fused="adagrad")
+@rule(state={"step": step, "sum": moment(full(_initial_sum), nonnegative=True)}, elementwise=True, sparse="yes", fused="adagrad")
 def adagrad_(
     param: Tensor,
     grad: Tensor,

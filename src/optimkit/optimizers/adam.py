@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..ops import as_real, differentiating, item, to_scalar
 from ..optimizer import Optimizer
-from ..rule import Rule, rule, step, when, zeros
+from ..rule import Rule, moment, rule, step, when
 from ..transforms import caution, cautious_rule, decay_weights, running_max
 from ._checks import check_betas, check_cautious, check_impl_flags, check_lr, check_nonneg
 
@@ -17,7 +17,8 @@ __all__ = ["Adam", "AdamW", "adam_", "check_adam_args"]
 
 
 @rule(
-    state={"step": step, "exp_avg": zeros, "exp_avg_sq": zeros, "max_exp_avg_sq": when("amsgrad", zeros)},
+    state={"step": step, "exp_avg": moment(), "exp_avg_sq": moment(nonnegative=True),
+           "max_exp_avg_sq": when("amsgrad", moment(nonnegative=True))},
     elementwise=True, fused="adam",
 )  # fmt: skip
 def adam_(

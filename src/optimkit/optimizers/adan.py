@@ -12,7 +12,7 @@ from torch import Tensor
 from ..execution.sharded import is_dtensor
 from ..ops import as_real, taken
 from ..optimizer import Optimizer
-from ..rule import created, rule, zeros
+from ..rule import created, moment, rule
 
 __all__ = ["Adan", "adan_"]
 
@@ -23,7 +23,8 @@ def _sqrt(x: Any) -> Any:
 
 
 @rule(
-    state={"exp_avg": zeros, "exp_avg_sq": zeros, "exp_avg_diff": zeros, "previous_grad": created},
+    state={"exp_avg": moment(), "exp_avg_sq": moment(nonnegative=True), "exp_avg_diff": moment(),
+           "previous_grad": created},
     elementwise=True,
 )  # fmt: skip
 def adan_(

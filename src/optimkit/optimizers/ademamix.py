@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..ops import item, taken
 from ..optimizer import Optimizer, Oracle
-from ..rule import rule, step, zeros
+from ..rule import moment, rule, step
 from ._checks import check_lr, check_nonneg
 
 __all__ = ["AdEMAMix", "ademamix_"]
@@ -37,7 +37,8 @@ def _min(x: Any, y: Any) -> Any:
 
 
 @rule(
-    state={"step": step, "exp_avg_fast": zeros, "exp_avg_slow": zeros, "exp_avg_sq": zeros},
+    state={"step": step, "exp_avg_fast": moment(), "exp_avg_slow": moment(),
+           "exp_avg_sq": moment(nonnegative=True)},
     elementwise=True, complex=False,
 )  # fmt: skip
 def ademamix_(

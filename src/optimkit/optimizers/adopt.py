@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..ops import add_scaled, as_real, item, select, taken
 from ..optimizer import Optimizer
-from ..rule import rule, step, zeros
+from ..rule import moment, rule, step
 from ._checks import check_lr, check_nonneg
 
 __all__ = ["ADOPT", "adopt_", "quarter_power"]
@@ -26,7 +26,7 @@ def _weight(w: Any, like: Tensor) -> Any:
     return w.to(like.dtype) if isinstance(w, Tensor) else w
 
 
-@rule(state={"step": step, "exp_avg": zeros, "exp_avg_sq": zeros}, elementwise=True)
+@rule(state={"step": step, "exp_avg": moment(), "exp_avg_sq": moment(nonnegative=True)}, elementwise=True)
 def adopt_(
     param: Tensor,
     grad: Tensor,

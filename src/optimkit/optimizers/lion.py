@@ -8,12 +8,12 @@ from torch import Tensor
 
 from ..ops import add_scaled
 from ..optimizer import Optimizer
-from ..rule import Rule, rule, zeros
+from ..rule import Rule, moment, rule
 from ..transforms import caution, cautious_rule
 from ._checks import check_betas, check_cautious, check_lr
 
 
-@rule(state={"exp_avg": zeros}, elementwise=True, complex=False)
+@rule(state={"exp_avg": moment()}, elementwise=True, complex=False)
 def lion_(param: Tensor, grad: Tensor, state: dict[str, Any], *, lr: float | Tensor, betas: tuple[float, float],
           weight_decay: float, decoupled_weight_decay: bool, init_lr: float, cautious: bool = False) -> None:  # fmt: skip
     r"""One Lion step on ``param`` (in place), in lion-pytorch's op order.

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..ops import as_real, differentiating, item
 from ..optimizer import Optimizer
-from ..rule import rule, scalar, step, step_tensor, zeros
+from ..rule import moment, rule, scalar, step, step_tensor
 from ..transforms import decay_weights
 from ._checks import check_betas, check_lr, check_nonneg
 
@@ -22,7 +22,7 @@ __all__ = ["NAdam", "nadam_"]
 @rule(
     state={
         "step": step, "mu_product": scalar(lambda p, group: step_tensor(p, group, 1.0)),
-        "exp_avg": zeros, "exp_avg_sq": zeros,
+        "exp_avg": moment(), "exp_avg_sq": moment(nonnegative=True),
     },
     elementwise=True,
 )  # fmt: skip

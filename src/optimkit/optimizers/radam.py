@@ -9,14 +9,14 @@ from torch import Tensor
 
 from ..ops import as_real, differentiating, item, select
 from ..optimizer import Optimizer
-from ..rule import rule, step, zeros
+from ..rule import moment, rule, step
 from ..transforms import decay_weights
 from ._checks import check_betas, check_lr, check_nonneg
 
 __all__ = ["RAdam", "radam_"]
 
 
-@rule(state={"step": step, "exp_avg": zeros, "exp_avg_sq": zeros}, elementwise=True)
+@rule(state={"step": step, "exp_avg": moment(), "exp_avg_sq": moment(nonnegative=True)}, elementwise=True)
 def radam_(
     param: Tensor,
     grad: Tensor,

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..ops import as_real, differentiating, taken
 from ..optimizer import Optimizer
-from ..rule import rule, step, when, zeros
+from ..rule import moment, rule, step, when
 from ..transforms import decay_weights
 from ._checks import check_lr, check_nonneg
 
@@ -18,9 +18,9 @@ __all__ = ["RMSprop", "rmsprop_"]
 
 @rule(
     state={
-        "step": step, "square_avg": zeros,
-        "momentum_buffer": when(lambda p, group: group["momentum"] > 0, zeros),
-        "grad_avg": when("centered", zeros),
+        "step": step, "square_avg": moment(nonnegative=True),
+        "momentum_buffer": when(lambda p, group: group["momentum"] > 0, moment()),
+        "grad_avg": when("centered", moment()),
     },
     elementwise=True,
 )  # fmt: skip

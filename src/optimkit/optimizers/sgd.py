@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..ops import add_scaled, taken
 from ..optimizer import Optimizer
-from ..rule import Rule, created, rule
+from ..rule import Rule, created, moment, rule
 from ..transforms import caution, cautious_rule
 from ._checks import check_cautious, check_impl_flags, check_lr, check_nonneg
 
@@ -18,7 +18,7 @@ __all__ = ["SGD", "sgd_"]
 
 # No chunks for big tensors: SGD makes no temporaries to keep in cache, chunks would only add
 # calls (measured on GPT-2 shapes: 15 ms whole vs 19 ms chunked).
-@rule(state={"momentum_buffer": created}, elementwise=True, sparse="yes", fused="sgd", chunk_big=False)
+@rule(state={"momentum_buffer": moment(created)}, elementwise=True, sparse="yes", fused="sgd", chunk_big=False)
 def sgd_(
     param: Tensor,
     grad: Tensor,
