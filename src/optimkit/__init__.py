@@ -15,9 +15,11 @@ from .optimizer import (
     required,
 )
 from .optimizers import *  # noqa: F403 - every optimizer, listed once in optimizers/__init__.py
+from .optimizers import LOWBIT as _lowbit
 from .optimizers import WRAPPERS as _wrappers
 from .optimizers import Lookahead as Lookahead
 from .optimizers import __all__ as _optimizers
+from .optimizers.lowbit import *  # noqa: F403 - AdamW8bit, ... (optimizers.LOWBIT)
 from .registry import create_optimizer
 from .schedule import lr_scheduler, schedules, swa_utils
 from .schedule.lr_finder import LRFinderResult, find_lr
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     *_optimizers,
     *_wrappers,
+    *_lowbit,
     "Optimizer",
     "Checkpointer",
     "create_optimizer",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
@@ -41,7 +42,7 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
-from .execution import Compiled, Job, StateStore, pick
+from .execution import Compiled, Job, StateStore, encoded, pick
 from .execution import sharded as dtensor
 from .execution.fused import group_by_device_and_dtype
 from .rule import Capabilities, Rule, step_tensor
@@ -222,6 +223,30 @@ class Optimizer(torch.optim.Optimizer):
         step = cls.__dict__.get("step")
         if step is not None and not getattr(step, "hooked", False):
             cls.step = _hooked_step(step)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "encodes", False):
+            cls.__init__ = _encoding_keywords(init)
+
+    def _set_encoding(self, **options: Any) -> None:
+        """Give every group (and ``defaults``) the state-encoding options not None/False
+        (``state_encoding``, ``block_size``, ``bf16_stochastic_round``, ``kahan_summation``;
+        see :mod:`optimkit.execution.encoded`), after checking all of them: on error nothing
+        changes. A group that set an option itself keeps its own."""
+        options = {k: v for k, v in options.items() if v is not None and v is not False}
+        if not options:
+            return
+        if self.compile:
+            raise ValueError(
+                "compile=True cannot be combined with a state encoding or bf16 rounding options: "
+                "encoded state runs through optimkit's own kernels"
+            )
+        for group in self.param_groups:
+            merged = {**group, **{k: v for k, v in options.items() if k not in group}}
+            encoded.check_encoding(self._rule_for(merged), merged, type(self).__name__)
+        self.defaults.update(options)
+        for group in self.param_groups:
+            for k, v in options.items():
+                group.setdefault(k, v)
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, compile: bool = False) -> None:
         # torch's base __init__ is deliberately not called: this class is the implementation.
@@ -444,6 +469,8 @@ class Optimizer(torch.optim.Optimizer):
                 )
         if not seen.isdisjoint(tensors):
             raise ValueError("some parameters appear in more than one parameter group")
+        if any(k in group for k in encoded.ENCODING_KEYS):
+            encoded.check_encoding(self._rule_for(group), group, type(self).__name__)
 
         # Validated: commit into the caller's dict, so ``param_groups[i] is param_group``.
         param_group.clear()
@@ -647,9 +674,11 @@ class Optimizer(torch.optim.Optimizer):
                 sg["param_names"] = g["param_names"]
             for k, v in g.items():  # keys an older or foreign dict lacks keep their values
                 sg.setdefault(k, v)
+            encoded.keep_own_encoding(sg, g)
             new_groups.append(sg)
         for sg in new_groups:
             self._normalize_group(sg)
+        self._conform_loaded(state, new_groups)
 
         # Everything is valid: commit (the store drops the layouts of the old state).
         self.state = state
@@ -674,6 +703,11 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             for key in self.rule.param_keys if self.rule is not None else ():
                 t = value.get(key)
+                if key + encoded.SCALE in value:
+                    if t.numel() not in (param.numel(), -(-param.numel() // 2)):
+                        mismatched.append((name, tuple(t.shape), tuple(param.shape)))
+                        break
+                    continue
                 if isinstance(t, torch.Tensor) and t.shape != param.shape:
                     mismatched.append((name, tuple(t.shape), tuple(param.shape)))
                     break
@@ -708,14 +742,32 @@ class Optimizer(torch.optim.Optimizer):
             new["params"], new["param_names"] = g["params"], g["param_names"]
             for k, v in g.items():
                 new.setdefault(k, v)
+            encoded.keep_own_encoding(new, g)
             new_groups.append({k: new[k] for k in [*g, *(k for k in new if k not in g)]})
         for sg in new_groups:
             self._normalize_group(sg)
+        self._conform_loaded(state, new_groups)
         self.state = state
         self.param_groups = new_groups
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
         return LoadReport(missing, unexpected, mismatched)
+
+    def _conform_loaded(self, state: dict[Any, Any], groups: list[dict[str, Any]]) -> None:
+        """Bring loaded moments into each group's state encoding (a float32 state dict loaded
+        by an 8-bit optimizer, or the reverse), warning what was converted."""
+        changes: dict[str, list[str]] = {}
+        for gi, group in enumerate(groups):
+            rule = self._rule_for(group)
+            if rule is None or not rule.encodable:
+                continue
+            names = group.get("param_names") or [f"group {gi} parameter {i}" for i in range(len(group["params"]))]
+            for name, p in zip(names, group["params"]):
+                if p in state:
+                    done = encoded.conform(rule, p, state[p], group)
+                    if done:
+                        changes[name] = done
+        encoded.warn_conversions(changes, type(self).__name__)
 
     def _normalize_group(self, group: dict[str, Any]) -> None:
         """Adjust a loaded group (flags a subclass forces, e.g. AdamW's decoupled decay)."""
@@ -723,6 +775,8 @@ class Optimizer(torch.optim.Optimizer):
     def _check_loaded_state(self, key: Any, param: torch.Tensor, value: dict[str, Any]) -> None:
         for name in self.rule.param_keys if self.rule is not None else ():
             t = value.get(name)
+            if name + encoded.SCALE in value:  # encoded: its codes' shape is the encoding's
+                continue
             if isinstance(t, torch.Tensor) and t.shape != param.shape:
                 raise ValueError(
                     f"loaded state dict's {name!r} for parameter id {key!r} has shape {tuple(t.shape)}, "
@@ -766,7 +820,11 @@ class Optimizer(torch.optim.Optimizer):
             # A full (unsharded) state loaded for a sharded parameter: keep this rank's shard.
             return dtensor.localize_loaded(value, param)
         if isinstance(value, dict):
-            return {k: self._cast_state(param, v, group, key=k) for k, v in value.items()}
+            kept = encoded.stored_as_saved(value, param, group, self.rule)
+            return {
+                k: v.to(device=param.device, copy=True) if k in kept else self._cast_state(param, v, group, key=k)
+                for k, v in value.items()
+            }
         if key == "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
             return step_tensor(param, group, float(value))
         if isinstance(value, (list, tuple)):
@@ -788,6 +846,25 @@ class Optimizer(torch.optim.Optimizer):
         if param.is_floating_point():
             return value.to(dtype=param.dtype, device=param.device)
         return value.to(device=param.device)
+
+
+def _encoding_keywords(init: Callable) -> Callable:
+    """``init`` taking the state-encoding keywords too, where it does not itself: every
+    optimizer with an elementwise rule gets ``state_encoding=``, ``block_size=``,
+    ``bf16_stochastic_round=`` and ``kahan_summation=`` without restating them (see
+    :mod:`optimkit.execution.encoded`)."""
+    own = set(inspect.signature(init).parameters)
+    extra = [k for k in encoded.ENCODING_KEYS if k not in own]
+
+    @functools.wraps(init)
+    def wrapper(self: Optimizer, *args: Any, **kwargs: Any) -> None:
+        options = {k: kwargs.pop(k) for k in extra if k in kwargs}
+        init(self, *args, **kwargs)
+        if options:
+            self._set_encoding(**options)
+
+    wrapper.encodes = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _check_compile(cls: type, compile: bool, defaults: dict[str, Any]) -> None:

@@ -11,6 +11,10 @@ gradients, hyperparameters, state store) and :func:`pick` chooses who runs it:
 ``Compiled``       ``compile=True`` on an elementwise rule (:mod:`.compiled`)
 ``Packed``         every other elementwise rule: small tensors packed, big ones chunked, DTensor
                    parameters on their local shards (:mod:`.packed`)
+``Encoded``        a group with ``state_encoding`` (8-bit, 4-bit, FP8, bf16 moments) or bf16
+                   parameters rounded stochastically / with Kahan compensation: moments decoded
+                   a chunk at a time around the same rule (:mod:`.encoded`); its parameters
+                   that stay full precision go to the executor above that fits them
 =================  ==========================================================================
 
 Every executor runs the same rule function; they differ only in how tensors reach it. None
@@ -20,6 +24,7 @@ reads an optimizer's attributes: what they need is in the job, and the state in 
 from __future__ import annotations
 
 from .compiled import Compiled
+from .encoded import Encoded, wants
 from .fused import Fused
 from .job import Executor, Job
 from .packed import Packed
@@ -27,13 +32,22 @@ from .per_tensor import Gathered, PerTensor, WholeGroup
 from .sharded import any_dtensor
 from .store import StateStore
 
-__all__ = ["Job", "Executor", "StateStore", "pick", "Packed", "PerTensor", "Gathered", "WholeGroup", "Fused", "Compiled"]
+__all__ = [
+    "Job", "Executor", "StateStore", "pick", "Packed", "PerTensor", "Gathered", "WholeGroup", "Fused", "Compiled",
+    "Encoded",
+]  # fmt: skip
 
 FUSED, PER_TENSOR, GATHERED, PACKED, WHOLE_GROUP = Fused(), PerTensor(), Gathered(), Packed(), WholeGroup()
 
 
 def pick(job: Job, compiled: Compiled | None = None) -> Executor:
     """The executor for ``job``; ``compiled`` is the optimizer's (``compile=True``) or None."""
+    if job.rule.caps.scope != "group" and wants(job.group):
+        return ENCODED
+    return _plain(job, compiled)
+
+
+def _plain(job: Job, compiled: Compiled | None = None) -> Executor:
     caps, group = job.rule.caps, job.group
     if caps.scope == "group":
         return WHOLE_GROUP
@@ -45,3 +59,6 @@ def pick(job: Job, compiled: Compiled | None = None) -> Executor:
     if not exact and any_dtensor(job.params):
         return GATHERED
     return PER_TENSOR
+
+
+ENCODED = Encoded(fallback=_plain)

@@ -88,7 +88,7 @@ def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int
     return sorted(data)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table(values: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
     """A map on ``device`` and the midpoints between its neighbours (float32)."""
     q = torch.tensor(values, dtype=torch.float32)
@@ -286,7 +286,7 @@ _MAPS = {
 ENCODINGS: dict[str, int | None] = {"bf16": None, "8bit": 256, "4bit": 128, "fp8": 256}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def encoding(name: str, block_size: int | None = None) -> Encoding:
     """The encoding called ``name`` (see :data:`ENCODINGS`), with ``block_size`` or its default."""
     if name not in ENCODINGS:

@@ -3,7 +3,9 @@
 Adding an optimizer is one module here and one line below; the registry, the test tables, the
 lab, the benchmarks and the CLI find it through this list. ``Lookahead`` lives here too but is
 not listed: it wraps an optimizer *instance*, which the registry's ``cls(params, **config)``
-cannot build (``optimkit.Lookahead``; its table is ``tests/test_wrappers.py``).
+cannot build (``optimkit.Lookahead``; its table is ``tests/test_wrappers.py``). Nor are the
+low-bit names (``AdamW8bit``...: :mod:`.lowbit`), which are registry optimizers with a
+``state_encoding``.
 """
 
 from .adadelta import Adadelta
@@ -45,3 +47,6 @@ __all__ = [
 ]  # fmt: skip
 
 WRAPPERS = ["Lookahead"]  # exported by optimkit, outside the registry
+#: Registry optimizers under a state encoding, by the names torchao and bitsandbytes give them
+#: (exported by optimkit; the registry's tables run the encodings over every optimizer instead).
+LOWBIT = ["AdamW8bit", "AdamW4bit", "AdamWFp8", "Adam8bit", "Adam4bit", "AdamFp8", "Lion8bit", "AdEMAMix8bit"]
