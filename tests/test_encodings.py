@@ -65,7 +65,7 @@ def _roundtrip(opt, enc):
     for group in opt.param_groups:
         for p in group["params"]:
             st = opt.state.get(p)
-            if not st or p.numel() < MIN_SIZE:
+            if not st or p.numel() < MIN_SIZE or not p.is_contiguous():
                 continue
             for key, sign in rule.encodable.items():
                 if key in st:
@@ -457,3 +457,57 @@ def test_create_optimizer_takes_the_encoding():
 
 def test_every_encoding_name_is_tested():
     assert set(ENCODED) == set(ENCODINGS)
+
+
+# -- property: random shapes, layouts and dtypes ------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SHAPE = st.one_of(
+    st.lists(st.sampled_from([0, 1, 2, 3, 7]), min_size=0, max_size=4).map(tuple),  # tiny, 0-dim, empty
+    st.sampled_from([(4096,), (65, 64), (3, 1500), (2, 3, 700), (4097,)]),  # encoded, partial blocks
+)
+_TENSOR = st.tuples(_SHAPE, st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), st.booleans())
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(tensors=st.lists(_TENSOR, min_size=1, max_size=4), name=st.sampled_from(["adamw", "lion", "sgd", "rmsprop"]),
+       enc=st.sampled_from(["8bit", "4bit"]))  # fmt: skip
+def test_any_shape_layout_and_dtype_steps(tensors, name, enc):
+    """float32/float64 parameters of any shape and layout step exactly as the full-precision
+    optimizer on codec-rounded moments (small, empty, 0-dim and non-contiguous ones with plain
+    state); bfloat16 ones are encoded and computed in float32, staying finite and bfloat16."""
+    spec = REGISTRY[name]
+    kwargs = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
+    g = torch.Generator().manual_seed(0)
+
+    def make():
+        out = []
+        for shape, dtype, transposed in tensors:
+            t = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+            if transposed and t.dim() >= 2:
+                t = t.transpose(0, -1)  # non-contiguous: stays full precision
+            out.append(torch.nn.Parameter(t))
+        return out
+
+    p_ref = make()
+    g.manual_seed(0)
+    p_enc = make()
+    ref = spec.cls(p_ref, **kwargs)
+    opt = spec.cls(p_enc, **kwargs, state_encoding=enc)
+    codec = encoding(enc)
+    for step in range(2):
+        for ps in (p_ref, p_enc):
+            for p, gr in zip(ps, _grads(ps, step)):
+                p.grad = gr
+        ref.step()
+        _roundtrip(ref, codec)
+        opt.step()
+    for a, b in zip(p_ref, p_enc):
+        assert b.dtype == a.dtype and b.shape == a.shape and b.stride() == a.stride()
+        if a.dtype != torch.bfloat16:
+            assert torch.equal(a, b)
+        else:
+            assert torch.isfinite(b.float()).all()
+            big = b.numel() >= MIN_SIZE and b.is_contiguous()
+            assert (opt.state[b][next(iter(spec.cls.rule.encodable))].dtype == torch.uint8) == big
