@@ -56,6 +56,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "sgd-4bit": ("SGD", {"lr": 0.05, "momentum": 0.9, "state_encoding": "4bit"}),
 }
 CKPT_CASES = ["adamw-8bit", "adamw-4bit"]
+HSDP_CASE = "adamw-4bit"
 STEPS, K, N = 3, 2, 2  # steps compared; steps before a checkpoint, after it
 BATCH = 8
 ALIGNED, UNALIGNED = 0, 2  # indices in model.parameters(): 0.weight, 2.weight
@@ -70,11 +71,15 @@ def make_model(seed: int = 0) -> torch.nn.Module:
         )  # fmt: skip
 
 
-def shard(model: torch.nn.Module, world: int) -> torch.nn.Module:
+def shard(model: torch.nn.Module, world: int, hsdp: bool = False) -> torch.nn.Module:
+    """FSDP2, each Linear a unit; ``hsdp``: on a (2, world / 2) mesh, (Replicate, Shard(0))."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh("cpu", (world,))
+    if hsdp:
+        mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
+    else:
+        mesh = init_device_mesh("cpu", (world,))
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer, mesh=mesh)
@@ -209,7 +214,8 @@ def fsdp_worker(rank: int, world: int, cases: list[str]) -> dict[str, Any]:
 def _ckpt_case(rank: int, world: int, case: str, root: str) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+        StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+        set_optimizer_state_dict,
     )  # fmt: skip
 
     out: dict[str, Any] = {}
@@ -264,6 +270,20 @@ def _ckpt_case(rank: int, world: int, case: str, root: str) -> dict[str, Any]:
     train(model, opt, K, K + N)
     out["from_one_end"] = snapshot(model, opt)
     out["to_one"] = gather(opt.state_dict())  # for one process to load (test_gathered_state_loads_in_one_process)
+
+    # torch's full (unsharded) optimizer state dict: gathered on save, split again on load.
+    full = StateDictOptions(full_state_dict=True)
+    model = shard(make_model(), world)
+    opt = make_opt(model, case)
+    train(model, opt, 0, K)
+    model_sd, optim_sd = get_model_state_dict(model, options=full), get_optimizer_state_dict(model, opt, options=full)
+    model = shard(make_model(seed=1), world)
+    opt = make_opt(model, case)
+    set_model_state_dict(model, model_sd, options=full)
+    set_optimizer_state_dict(model, opt, optim_sd, options=full)
+    out["full_sd_layout"] = layout(model, opt)
+    train(model, opt, K, K + N)
+    out["full_sd_end"] = snapshot(model, opt)
     return out
 
 
@@ -283,8 +303,17 @@ def _save4_case(rank: int, world: int, case: str, root: str) -> dict[str, Any]:
     return {"at_save": snapshot(model, opt), "layout": layout(model, opt)}
 
 
+def _hsdp_case(rank: int, world: int, case: str) -> dict[str, Any]:
+    model = shard(make_model(), world, hsdp=True)
+    opt = make_opt(model, case)
+    train(model, opt, 0, STEPS)
+    return {**snapshot(model, opt), "layout": layout(model, opt)}
+
+
 def save4_worker(rank: int, world: int, cases: list[str], root: str) -> dict[str, Any]:
-    return {case: _guard(_save4_case, rank, world, case, root) for case in cases}
+    out = {case: _guard(_save4_case, rank, world, case, root) for case in cases}
+    out["hsdp"] = _guard(_hsdp_case, rank, world, HSDP_CASE)  # the same 4 ranks, another mesh
+    return out
 
 
 def _load2_case(rank: int, world: int, case: str, root: str) -> dict[str, Any]:
@@ -328,7 +357,7 @@ def reshard_results(tmp_path_factory) -> dict[str, Any]:
     root = str(tmp_path_factory.mktemp("encoded_reshard"))
     saved = run_group(save4_worker, 4, CKPT_CASES, root, timeout=120)
     loaded = run_group(load2_worker, 2, CKPT_CASES, root, timeout=120)
-    return {"saved": saved[0], "loaded": loaded[0]}
+    return {"saved": saved[0], "loaded": loaded[0], "hsdp": [r["hsdp"] for r in saved]}
 
 
 def _ok(result: dict[str, Any], what: str) -> dict[str, Any]:
@@ -420,3 +449,22 @@ def test_dcp_reshards_encoded_state_4_to_2_ranks(reshard_results, case):
     assert_same(loaded["restored"], saved["at_save"], "restored on 2 ranks")
     _check_layout(loaded["layout"], case)
     assert_same(loaded["end"], reference(case, K + N), "resumed on 2 ranks")
+
+
+@pytest.mark.parametrize("case", CKPT_CASES)
+def test_full_state_dict_options_round_trip(ckpt_results, case):
+    """``get/set_optimizer_state_dict(options=StateDictOptions(full_state_dict=True))``: torch
+    gathers the codes and scales to full tensors and hands them back on load; each rank keeps
+    its rows and the run continues bit-identically."""
+    res = _ok(ckpt_results[0][case], f"checkpoint {case}")
+    _check_layout(res["full_sd_layout"], case)
+    assert_same(res["full_sd_end"], reference(case, K + N), "full_state_dict round trip")
+
+
+def test_hsdp_encoded_equals_one_process(reshard_results):
+    """HSDP (FSDP2 on a 2 x 2 mesh, placements (Replicate, Shard(0))): every rank equals one
+    process bit for bit, the codes and scales laid out like the parameter."""
+    for rank, result in enumerate(reshard_results["hsdp"]):
+        _ok(result, f"HSDP {HSDP_CASE}")
+        assert_same(result, reference(HSDP_CASE, STEPS), f"HSDP {HSDP_CASE} rank {rank}")
+    _check_layout(reshard_results["hsdp"][0]["layout"], HSDP_CASE)
