@@ -214,7 +214,10 @@ def fsdp_worker(rank: int, world: int, cases: list[str]) -> dict[str, Any]:
 def _ckpt_case(rank: int, world: int, case: str, root: str) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
         set_optimizer_state_dict,
     )  # fmt: skip
 
@@ -319,7 +322,10 @@ def save4_worker(rank: int, world: int, cases: list[str], root: str) -> dict[str
 def _load2_case(rank: int, world: int, case: str, root: str) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
     )  # fmt: skip
 
     model = shard(make_model(seed=1), world)
