@@ -13,8 +13,10 @@ between steps. The step runs the *same rule* as every other executor, on float32
 so the temporaries are a chunk, never a whole model's moments, and a new rule gets low-bit
 state without a line of its own. Smaller parameters and parameters this path cannot take
 (complex, sparse gradients, non-contiguous) run through the group's ordinary executor with
-full-precision state. State the rule does not declare a moment (Schedule-Free's ``z``, ASGD's
-average) stays as the rule makes it.
+full-precision state. DTensor (FSDP2) parameters are stepped on their local shards, their
+encoded state sharded like them, where the blocks allow it (:mod:`.sharded_encoded`). State
+the rule does not declare a moment (Schedule-Free's ``z``, ASGD's average) stays as the rule
+makes it.
 
 Parameters in bfloat16/float16 are computed in float32 (a copy of the chunk) and written back
 rounded to nearest, or -- for bfloat16 with ``bf16_stochastic_round=True`` -- rounded up or
@@ -41,6 +43,7 @@ from torch import Tensor
 from ..rule import Rule
 from .encodings import MIN_SIZE, SCALE, Encoding, encoding
 from .job import Executor, Job
+from .sharded import is_dtensor
 
 __all__ = ["Encoded", "ENCODING_KEYS", "SCALE", "check_encoding", "encoding_of", "conform", "stored_as_saved", "stored_bytes",
            "stochastic_round"]
@@ -97,6 +100,10 @@ def check_encoding(rule: Rule | None, group: dict[str, Any], name: str) -> None:
 
 def _takes(p: Tensor, g: Tensor, enc: Encoding | None, low: bool) -> bool:
     """Whether this path steps ``p``: encoded state (big enough), or low-precision rounding."""
+    if is_dtensor(p):  # FSDP2: on the local shards, where the state can be sharded like p
+        from .sharded_encoded import takes
+
+        return enc is not None and not (low and p.dtype == torch.bfloat16) and takes(p, g, enc)
     if type(p) not in (Tensor, torch.nn.Parameter) or type(g) is not Tensor or g.layout != torch.strided:
         return False
     if not p.is_floating_point() or not p.is_contiguous():
@@ -107,7 +114,7 @@ def _takes(p: Tensor, g: Tensor, enc: Encoding | None, low: bool) -> bool:
 def _stored(st: dict[str, Any], key: str) -> dict[str, Tensor]:
     out = {"codes": st[key].view(-1)}
     if key + SCALE in st:
-        out["scale"] = st[key + SCALE]
+        out["scale"] = st[key + SCALE].view(-1)  # 2-D (rows, blocks) when saved by FSDP2
     return out
 
 
@@ -157,6 +164,10 @@ def _block_for(n: int, blocks: int, name: str) -> int | None:
 def conform(rule: Rule, p: Tensor, st: dict[str, Any], group: dict[str, Any]) -> list[str]:
     """Bring ``p``'s moments into ``group``'s encoding (decode what is stored otherwise,
     encode plain ones): after ``load_state_dict``. Returns ``"key: from -> to"`` for each change."""
+    if is_dtensor(p):
+        from .sharded_encoded import conform as conform_sharded
+
+        return conform_sharded(rule, p, st, group)
     enc = encoding_of(group)
     target = enc if enc is not None and p.numel() >= MIN_SIZE and p.is_contiguous() else None
     changes = []
@@ -244,6 +255,11 @@ class Encoded:
         states = [job.store.state.get(p) or {} for p in params]
         try:
             for i, p, st in zip(mine, params, states):
+                if is_dtensor(p):
+                    from .sharded_encoded import step as step_sharded
+
+                    step_sharded(rule, p, job.grads[i], st, group, job.hyper, enc)
+                    continue
                 if not st:
                     _init(rule, p, st, group, enc)
                 _step(rule, p, job.grads[i], st, group, job.hyper, enc, sr, kahan)
@@ -251,10 +267,12 @@ class Encoded:
             job.store.commit(params, states)
 
 
-def _init(rule: Rule, p: Tensor, st: dict[str, Any], group: dict[str, Any], enc: Encoding | None) -> None:
-    """A parameter's first state: moments made encoded (zeros never exist in float32)."""
+def _init(rule: Rule, p: Tensor, st: dict[str, Any], group: dict[str, Any], enc: Encoding | None,
+          whole: int | None = None) -> None:  # fmt: skip
+    """A parameter's first state: moments made encoded (zeros never exist in float32).
+    ``whole``: the elements of the whole parameter when ``p`` is a shard of it (MIN_SIZE)."""
     n = p.numel()
-    use = enc if enc is not None and n >= MIN_SIZE else None
+    use = enc if enc is not None and (n if whole is None else whole) >= MIN_SIZE else None
     for key, slot in rule.state.items():
         if slot.init is None or not slot.wanted(p, group):
             continue
@@ -274,9 +292,10 @@ def _init(rule: Rule, p: Tensor, st: dict[str, Any], group: dict[str, Any], enc:
 
 
 def _step(rule: Rule, p: Tensor, g: Tensor, st: dict[str, Any], group: dict[str, Any], hyper: dict[str, Any],
-          enc: Encoding | None, sr: bool, kahan: bool) -> None:  # fmt: skip
+          enc: Encoding | None, sr: bool, kahan: bool, whole: int | None = None) -> None:  # fmt: skip
     n = p.numel()
-    if enc is not None and n >= MIN_SIZE and any(
+    big = (n if whole is None else whole) >= MIN_SIZE
+    if enc is not None and big and any(
         k in st and not is_encoded(enc, st, k, p) for k in rule.encodable
     ):  # state from before the encoding was set (or another one): convert it once
         conform(rule, p, st, group)
@@ -309,7 +328,7 @@ def _step(rule: Rule, p: Tensor, g: Tensor, st: dict[str, Any], group: dict[str,
                 if plain[k].dtype != compute:
                     plain[k][lo:hi].copy_(v)
             else:  # created by the rule in this step (SGD's first momentum buffer)
-                _created(rule, k, v, lo, n, p, enc, created, st)
+                _created(rule, k, v, lo, n, p, enc if big else None, created, st)
         if pc is not p_old:
             _write_back(p_old, pc, seed, comp, lo)
     for k, v in after.items():
@@ -326,7 +345,7 @@ def _step(rule: Rule, p: Tensor, g: Tensor, st: dict[str, Any], group: dict[str,
 def _created(rule: Rule, k: str, v: Tensor, lo: int, n: int, p: Tensor, enc: Encoding | None,
              created: dict[str, dict[str, Tensor]], st: dict[str, Any]) -> None:  # fmt: skip
     sign = rule.encodable.get(k)
-    if enc is not None and sign is not None and n >= MIN_SIZE:
+    if enc is not None and sign is not None:  # (enc is None under MIN_SIZE: see _step)
         if k not in created:
             created[k] = enc.empty(n, sign == "signed", p.device)
         enc.encode_(v.reshape(-1).float(), sign == "signed", created[k], lo)
