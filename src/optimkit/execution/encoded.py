@@ -240,6 +240,12 @@ class Encoded:
         group, rule = job.group, job.rule
         enc = encoding_of(group)
         sr, kahan = bool(group.get("bf16_stochastic_round")), bool(group.get("kahan_summation"))
+        if (sr or kahan) and any(is_dtensor(p) and p.dtype == torch.bfloat16 for p in job.params):
+            # The rounding would need a seed shared by the ranks and global element indices.
+            raise NotImplementedError(
+                f"{'bf16_stochastic_round' if sr else 'kahan_summation'} is not supported for DTensor (FSDP2) "
+                "parameters: keep float32 master weights under FSDP2 (MixedPrecisionPolicy) instead"
+            )
         mine = [i for i, (p, g) in enumerate(zip(job.params, job.grads)) if _takes(p, g, enc, sr or kahan)]
         if len(mine) < len(job.params):
             taken = set(mine)
