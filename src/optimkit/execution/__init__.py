@@ -13,6 +13,10 @@ gradients, hyperparameters, state store) and :func:`pick` chooses who runs it:
                    parameters on their local shards (:mod:`.packed`)
 =================  ==========================================================================
 
+``Unpacked`` (:mod:`.unpacked`) runs an elementwise rule as ``Packed`` does, but never packs:
+the optimizer uses it in ``Packed``'s place for steps of one parameter at a time
+(:func:`optimkit.step_in_backward`), which would re-plan a group's packs at every call.
+
 Every executor runs the same rule function; they differ only in how tensors reach it. None
 reads an optimizer's attributes: what they need is in the job, and the state in its store.
 """
@@ -26,14 +30,20 @@ from .packed import Packed
 from .per_tensor import Gathered, PerTensor, WholeGroup
 from .sharded import any_dtensor
 from .store import StateStore
+from .unpacked import Unpacked
 
-__all__ = ["Job", "Executor", "StateStore", "pick", "Packed", "PerTensor", "Gathered", "WholeGroup", "Fused", "Compiled"]
+__all__ = [
+    "Job", "Executor", "StateStore", "pick", "Packed", "Unpacked", "PerTensor", "Gathered", "WholeGroup", "Fused",
+    "Compiled",
+]  # fmt: skip
 
 FUSED, PER_TENSOR, GATHERED, PACKED, WHOLE_GROUP = Fused(), PerTensor(), Gathered(), Packed(), WholeGroup()
+UNPACKED = Unpacked()
 
 
-def pick(job: Job, compiled: Compiled | None = None) -> Executor:
-    """The executor for ``job``; ``compiled`` is the optimizer's (``compile=True``) or None."""
+def pick(job: Job, compiled: Compiled | None = None, packed: bool = True) -> Executor:
+    """The executor for ``job``; ``compiled`` is the optimizer's (``compile=True``) or None;
+    ``packed=False``: ``Unpacked`` where ``Packed`` would run (a step of one parameter)."""
     caps, group = job.rule.caps, job.group
     if caps.scope == "group":
         return WHOLE_GROUP
@@ -41,7 +51,7 @@ def pick(job: Job, compiled: Compiled | None = None) -> Executor:
         return FUSED
     exact = bool(group.get("differentiable"))
     if caps.elementwise and not exact:
-        return compiled or PACKED
+        return compiled or (PACKED if packed else UNPACKED)
     if not exact and any_dtensor(job.params):
         return GATHERED
     return PER_TENSOR
