@@ -2,7 +2,7 @@
 
 :func:`step_in_backward_memory` trains a stack of GPT-2-small-shaped MLP blocks
 (``Linear(width, 4 width)``, GELU, ``Linear(4 width, width)``; by default width 768 and 12
-blocks: 56.6M parameters, 226 MB of float32 gradients) with AdamW, in each mode in a fresh
+blocks: 56.7M parameters, 216 MiB of float32 gradients) with AdamW, in each mode in a fresh
 Python process, and reports the peak resident memory of one training step (forward, backward,
 step) above the memory held before it (parameters, optimizer state, no gradients) -- Linux's
 ``VmHWM`` after a reset through ``/proc/self/clear_refs``, as ``optimkit bench --memory``.
@@ -11,7 +11,9 @@ The processes run with ``MALLOC_MMAP_THRESHOLD_`` fixed at 128 KiB: glibc otherw
 mmap threshold after the first large free and keeps freed gradients in its heap, so the
 resident size would follow the allocator's history instead of the live tensors.
 
-``python -m optimkit.bench_backward [--width 768 --depth 12 --batch 8]`` prints the numbers.
+``python -m optimkit.bench_backward [--width 768 --depth 12 --batch 8]`` prints the numbers
+(MiB). Measured on a 2-core machine with the defaults: 220.0 ordinary, 13.0 with the step in
+backward (the gradients: 216.2).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def step_in_backward_memory(width: int = 768, depth: int = 12, batch: int = 8) -
     Returns:
         ``{"ordinary_mb", "in_backward_mb", "grad_mb", "params"}``: the two peaks above the
         memory before the step (None where the peak cannot be reset: not Linux), the size of
-        the gradients in MB, and the number of parameters.
+        the gradients, all in MiB, and the number of parameters.
     """
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -100,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     r = step_in_backward_memory(args.width, args.depth, args.batch)
     print(f"MLP blocks {args.width}x{4 * args.width} x{args.depth}: {r['params'] / 1e6:.1f}M parameters, "
-          f"gradients {r['grad_mb']:.1f} MB, AdamW, batch {args.batch}")  # fmt: skip
-    print("| mode | peak extra MB of a training step |\n|---|---|")
+          f"gradients {r['grad_mb']:.1f} MiB, AdamW, batch {args.batch}")  # fmt: skip
+    print("| mode | peak extra MiB of a training step |\n|---|---|")
     for mode in MODES:
         value = r[f"{mode}_mb"]
         print(f"| {mode.replace('_', ' ')} | {'n/a' if value is None else f'{value:.1f}'} |")

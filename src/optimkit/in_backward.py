@@ -19,7 +19,9 @@ parameters stepped in backward have no gradient left, so it updates nothing twic
 step hooks, counts ``_step_count`` (LR schedulers, torch's and optimkit's, see a step and do
 not warn), and steps, as ever, any parameter that has a gradient the hooks did not see (one
 assigned by hand, or of a parameter frozen when the hooks were registered). A scheduler's
-change of ``lr`` takes effect at the next backward. ``zero_grad()`` is harmless.
+change of ``lr`` takes effect at the next backward. ``zero_grad()`` is harmless. Parameters
+added with ``add_param_group`` are hooked by the next ``step()`` at the latest (until then
+``step()`` steps them, as ordinary), and ``load_state_dict`` may be called at any time.
 ``state_dict()`` / ``load_state_dict()`` are the optimizer's own: checkpoints resume
 bit-identically, and a state dict moves freely between this mode and the ordinary one.
 
