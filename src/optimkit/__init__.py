@@ -8,6 +8,7 @@ import sys
 
 from .checkpoint import Checkpointer
 from .groups import param_groups
+from .in_backward import StepInBackward, step_in_backward
 from .optimizer import (
     Optimizer,
     register_optimizer_step_post_hook,
@@ -40,6 +41,8 @@ __all__ = [
     "create_optimizer",
     "param_groups",
     "find_lr",
+    "step_in_backward",
+    "StepInBackward",
     "LRFinderResult",
     "lr_scheduler",
     "schedules",

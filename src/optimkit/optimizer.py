@@ -529,6 +529,14 @@ class Optimizer(torch.optim.Optimizer):
         params, grads = self._params_with_grad(group)
         if not params:
             return
+        self._step_params(group, params, grads)
+
+    def _step_params(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor], packed: bool = True
+    ) -> None:
+        """Step ``params`` of ``group`` (each with a gradient, in ``grads``) through the executor
+        :func:`optimkit.execution.pick` chooses; ``packed=False`` (a step of one parameter, see
+        :mod:`optimkit.in_backward`) never packs."""
         rule = self._rule_for(group)
         if not (group.get("fused") and rule.caps.fused is not None):
             self._check_group(group, params)
@@ -537,7 +545,7 @@ class Optimizer(torch.optim.Optimizer):
             store=self._store, grad_scale=getattr(self, "grad_scale", None),
             found_inf=getattr(self, "found_inf", None),
         )  # fmt: skip
-        pick(job, self._compiled).step(job)
+        pick(job, self._compiled, packed).step(job)
 
     def _check_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """Raise before any update if the group cannot be stepped (capturable on CPU, ...)."""

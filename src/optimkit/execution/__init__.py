@@ -17,6 +17,10 @@ gradients, hyperparameters, state store) and :func:`pick` chooses who runs it:
                    that stay full precision go to the executor above that fits them
 =================  ==========================================================================
 
+``Unpacked`` (:mod:`.unpacked`) runs an elementwise rule as ``Packed`` does, but never packs:
+the optimizer uses it in ``Packed``'s place for steps of one parameter at a time
+(:func:`optimkit.step_in_backward`), which would re-plan a group's packs at every call.
+
 Every executor runs the same rule function; they differ only in how tensors reach it. None
 reads an optimizer's attributes: what they need is in the job, and the state in its store.
 """
@@ -31,23 +35,26 @@ from .packed import Packed
 from .per_tensor import Gathered, PerTensor, WholeGroup
 from .sharded import any_dtensor
 from .store import StateStore
+from .unpacked import Unpacked
 
 __all__ = [
-    "Job", "Executor", "StateStore", "pick", "Packed", "PerTensor", "Gathered", "WholeGroup", "Fused", "Compiled",
-    "Encoded",
+    "Job", "Executor", "StateStore", "pick", "Packed", "Unpacked", "PerTensor", "Gathered", "WholeGroup", "Fused",
+    "Compiled", "Encoded",
 ]  # fmt: skip
 
 FUSED, PER_TENSOR, GATHERED, PACKED, WHOLE_GROUP = Fused(), PerTensor(), Gathered(), Packed(), WholeGroup()
+UNPACKED = Unpacked()
 
 
-def pick(job: Job, compiled: Compiled | None = None) -> Executor:
-    """The executor for ``job``; ``compiled`` is the optimizer's (``compile=True``) or None."""
+def pick(job: Job, compiled: Compiled | None = None, packed: bool = True) -> Executor:
+    """The executor for ``job``; ``compiled`` is the optimizer's (``compile=True``) or None;
+    ``packed=False``: ``Unpacked`` where ``Packed`` would run (a step of one parameter)."""
     if job.rule.caps.scope != "group" and wants(job.group):
-        return ENCODED
-    return _plain(job, compiled)
+        return ENCODED if packed else ENCODED_UNPACKED
+    return _plain(job, compiled, packed)
 
 
-def _plain(job: Job, compiled: Compiled | None = None) -> Executor:
+def _plain(job: Job, compiled: Compiled | None = None, packed: bool = True) -> Executor:
     caps, group = job.rule.caps, job.group
     if caps.scope == "group":
         return WHOLE_GROUP
@@ -55,10 +62,11 @@ def _plain(job: Job, compiled: Compiled | None = None) -> Executor:
         return FUSED
     exact = bool(group.get("differentiable"))
     if caps.elementwise and not exact:
-        return compiled or PACKED
+        return compiled or (PACKED if packed else UNPACKED)
     if not exact and any_dtensor(job.params):
         return GATHERED
     return PER_TENSOR
 
 
 ENCODED = Encoded(fallback=_plain)
+ENCODED_UNPACKED = Encoded(fallback=lambda job: _plain(job, None, packed=False))
