@@ -1,0 +1,244 @@
+/* Low-bit optimizer state on the CPU: the blockwise codec of optimkit.execution.encodings
+ * ("8bit" and "4bit") and a fused Adam/AdamW step on such moments.
+ *
+ * Plain C11, no torch headers: compiled at first use by optimkit.execution.kernels with
+ *   cc -O3 -march=native -fopenmp -fno-math-errno -ffp-contract=off -shared -fPIC
+ * (no -ffast-math: division and sqrt stay IEEE, so the codes are those of the torch-ops path).
+ *
+ * Quantizing is "nearest code, ties to the larger" (torch.bucketize(y, mids, right=True) with
+ * mids[k] the midpoint of map[k] and map[k+1]), done with a bucket table: the sign and the top
+ * 15 bits of |y| (its bfloat16 truncation) index the code of the bucket's smallest y; no bucket
+ * holds more than one midpoint (Python checks that when it builds the table), so one comparison
+ * against mids[code] finishes it. Bucket BUCKETS-1 (|y| > 1.0078, NaN) gives the last code, as
+ * torch.bucketize gives NaN. Tables come from Python (one source of truth for the maps):
+ *   q[2^bits]           the map
+ *   mids[2^bits]        midpoints, mids[2^bits - 1] = +inf
+ *   bucket[2*STRIDE+4]  base codes, positive y then negative y, 4 bytes of padding (the AVX2
+ *                       path gathers 4 bytes at a time)
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#define BUCKETS 0x3F82 /* |y| bits >> 16 in [0, 0x3F80] (|y| <= 1.0078) and one for the rest */
+#define STRIDE 0x3F84  /* the negative table's offset */
+#define MAXB 4096      /* the largest block the fused step takes (scratch on the stack) */
+#define CHUNK 256
+
+int ok_version(void) { return 3; }
+int ok_avx2(void) {
+#ifdef __AVX2__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* max |x| as float32 bits: integer order is float order for non-negative floats, and a NaN
+ * (bits above inf's) wins, as torch's amax propagates it. */
+static float absmax(const float *x, int64_t n) {
+    uint32_t m = 0;
+    int64_t i = 0;
+#ifdef __AVX2__
+    __m256i acc = _mm256_setzero_si256();
+    const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_max_epu32(acc, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), mask));
+    uint32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, acc);
+    for (int k = 0; k < 8; k++) m = lanes[k] > m ? lanes[k] : m;
+#endif
+    for (; i < n; i++) {
+        uint32_t a = f2u(x[i]) & 0x7fffffffu;
+        m = a > m ? a : m;
+    }
+    return u2f(m);
+}
+
+/* float32 -> bfloat16 bits, rounded up (the 4-bit scale: every |x| / scale stays <= 1). */
+static inline uint16_t bf16_up(float x) {
+    uint32_t u = f2u(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN */
+    uint16_t b = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);        /* to nearest even */
+    if (u2f((uint32_t)b << 16) < x) b += 1; /* x >= 0: the next bfloat16 up */
+    return b;
+}
+
+static inline uint8_t quant1(float y, const float *mids, const uint8_t *bucket) {
+    uint32_t u = f2u(y);
+    uint32_t k = (u & 0x7fffffffu) >> 16;
+    if (k > BUCKETS - 1) k = BUCKETS - 1;
+    uint8_t base = bucket[k + ((u >> 31) ? STRIDE : 0)];
+    return (uint8_t)(base + (y >= mids[base]));
+}
+
+/* codes[i] = nearest code of x[i] / div (one byte per code). */
+static void quant(const float *x, int64_t n, float div, const float *mids, const uint8_t *bucket, uint8_t *codes) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    const __m256 d = _mm256_set1_ps(div);
+    const __m256i mask = _mm256_set1_epi32(0x7fffffff), top = _mm256_set1_epi32(BUCKETS - 1);
+    const __m256i stride = _mm256_set1_epi32(STRIDE), ff = _mm256_set1_epi32(0xff);
+    for (; i + 8 <= n; i += 8) {
+        __m256 y = _mm256_div_ps(_mm256_loadu_ps(x + i), d);
+        __m256i u = _mm256_castps_si256(y);
+        __m256i k = _mm256_min_epu32(_mm256_srli_epi32(_mm256_and_si256(u, mask), 16), top);
+        k = _mm256_add_epi32(k, _mm256_and_si256(_mm256_srai_epi32(u, 31), stride));
+        __m256i base = _mm256_and_si256(_mm256_i32gather_epi32((const int *)bucket, k, 1), ff);
+        __m256 t = _mm256_i32gather_ps(mids, base, 4);
+        __m256i code = _mm256_sub_epi32(base, _mm256_castps_si256(_mm256_cmp_ps(y, t, _CMP_GE_OQ)));
+        __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
+        _mm_storel_epi64((__m128i *)(codes + i), _mm_packus_epi16(w, w));
+    }
+#endif
+    for (; i < n; i++) codes[i] = quant1(x[i] / div, mids, bucket);
+}
+
+/* out[i] = q[codes[i]] * s */
+static void dequant(const uint8_t *codes, int64_t n, float s, const float *q, float *out) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    const __m256 sv = _mm256_set1_ps(s);
+    for (; i + 8 <= n; i += 8) {
+        __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + i)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_i32gather_ps(q, c, 4), sv));
+    }
+#endif
+    for (; i < n; i++) out[i] = q[codes[i]] * s;
+}
+
+/* -- one block: decode n elements starting at element e (e a block boundary, so even) ------ */
+static inline float block_scale(int bits, const void *scale, int64_t b) {
+    if (bits == 8) return ((const float *)scale)[b];
+    return u2f((uint32_t)((const uint16_t *)scale)[b] << 16);
+}
+
+static void decode_block(int bits, const uint8_t *codes, float s, int64_t e, int64_t n, const float *q, float *out) {
+    if (bits == 8) {
+        dequant(codes + e, n, s, q, out);
+        return;
+    }
+    const uint8_t *p = codes + e / 2;
+    uint8_t tmp[CHUNK];
+    for (int64_t c = 0; c < n; c += CHUNK) {
+        int64_t m = n - c < CHUNK ? n - c : CHUNK;
+        for (int64_t j = 0; j < m; j++) tmp[j] = (p[(c + j) >> 1] >> (((c + j) & 1) * 4)) & 15;
+        dequant(tmp, m, s, q, out + c);
+    }
+}
+
+/* Encode x[0:n] as the block at element e (block index b): scale and codes. */
+static void encode_block(int bits, const float *x, int64_t e, int64_t n, int64_t b, const float *mids,
+                         const uint8_t *bucket, uint8_t *codes, void *scale) {
+    float a = absmax(x, n), div;
+    if (bits == 8) {
+        ((float *)scale)[b] = a;
+        div = a == 0.0f ? 1.0f : a;
+        quant(x, n, div, mids, bucket, codes + e);
+        return;
+    }
+    uint16_t s = bf16_up(a);
+    ((uint16_t *)scale)[b] = s;
+    div = s == 0 ? 1.0f : u2f((uint32_t)s << 16);
+    uint8_t tmp[CHUNK];
+    uint8_t *p = codes + e / 2;
+    for (int64_t c = 0; c < n; c += CHUNK) {
+        int64_t m = n - c < CHUNK ? n - c : CHUNK;
+        quant(x + c, m, div, mids, bucket, tmp);
+        int64_t pairs = m / 2;
+        for (int64_t j = 0; j < pairs; j++) p[c / 2 + j] = (uint8_t)(tmp[2 * j] | (tmp[2 * j + 1] << 4));
+        if (m & 1) p[c / 2 + pairs] = tmp[m - 1]; /* the last, odd element: high nibble 0 */
+    }
+}
+
+/* -- the codec ------------------------------------------------------------------------------ */
+/* out[0:hi-lo] = decoded elements lo:hi of (codes, scale); lo a block boundary. */
+void ok_decode(int bits, int64_t block, const uint8_t *codes, const void *scale, int64_t lo, int64_t hi,
+               const float *q, float *out, int nt) {
+    int64_t nb = (hi - lo + block - 1) / block;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && hi - lo >= 65536)
+    for (int64_t i = 0; i < nb; i++) {
+        int64_t e = lo + i * block, n = hi - e < block ? hi - e : block;
+        decode_block(bits, codes, block_scale(bits, scale, e / block), e, n, q, out + (e - lo));
+    }
+}
+
+/* Store x[0:n] at element lo (a block boundary) of (codes, scale). */
+void ok_encode(int bits, int64_t block, const float *x, int64_t n, int64_t lo, const float *mids,
+               const uint8_t *bucket, uint8_t *codes, void *scale, int nt) {
+    int64_t nb = (n + block - 1) / block;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && n >= 65536)
+    for (int64_t i = 0; i < nb; i++) {
+        int64_t e = lo + i * block, m = n - i * block < block ? n - i * block : block;
+        encode_block(bits, x + i * block, e, m, e / block, mids, bucket, codes, scale);
+    }
+}
+
+/* -- the fused Adam(W) step ------------------------------------------------------------------ */
+/* torch's lerp: weight < 0.5 ? a + w (b - a) : b - (b - a)(1 - w), each a fused multiply-add
+ * (ATen's vectorized lerp). */
+static inline float lerp(float a, float b, float w) {
+    float d = b - a;
+    return w < 0.5f ? fmaf(w, d, a) : fmaf(-(1.0f - w), d, b);
+}
+
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt;
+} adam_hp;
+
+enum { DECOUPLED = 1, MAXIMIZE = 2, AMSGRAD = 4 };
+
+/* One Adam(W) step on n float32 params with 8-bit or 4-bit moments m (signed map) and v
+ * (unsigned map), and with AMSGRAD the running maximum of v (unsigned map) in (xc, xs):
+ *   g = maximize ? -grad : grad
+ *   decoupled: p = p * (1 - lr wd)      else: g = g + wd p  (fma)
+ *   m = lerp(m, g, 1 - beta1);  v = lerp(v, g g, 1 - beta2);  amsgrad: x = max(x, v), v' = x
+ *   p = p + (-(lr / bc1) m) / (sqrt(v') / bc2_sqrt + eps)
+ * the scalars rounded to float32 as torch's CPU ops round them; m, v, (x) re-encoded per block. */
+void ok_adam(int bits, int64_t block, float *param, const float *grad, int64_t n,
+             uint8_t *mc, void *ms, uint8_t *vc, void *vs, uint8_t *xc, void *xs,
+             const float *qs, const float *mids_s, const uint8_t *bucket_s,
+             const float *qu, const float *mids_u, const uint8_t *bucket_u,
+             const adam_hp *hp, int flags, int nt) {
+    const float w1 = (float)(1.0 - hp->beta1), w2 = (float)(1.0 - hp->beta2);
+    const float decay = (float)(1.0 - hp->lr * hp->weight_decay), wd = (float)hp->weight_decay;
+    const float alpha = (float)(-(hp->lr / hp->bias_correction1));
+    const float bc2 = (float)hp->bias_correction2_sqrt, eps = (float)hp->eps;
+    const int decoupled = flags & DECOUPLED, maximize = flags & MAXIMIZE, ams = flags & AMSGRAD;
+    const int l2 = !decoupled && hp->weight_decay != 0.0, shrink = decoupled && hp->weight_decay != 0.0;
+    int64_t nb = (n + block - 1) / block;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && n >= 65536)
+    for (int64_t b = 0; b < nb; b++) {
+        float sm[MAXB] __attribute__((aligned(32))), sv[MAXB] __attribute__((aligned(32)));
+        float sx[MAXB] __attribute__((aligned(32)));
+        int64_t e = b * block, len = n - e < block ? n - e : block;
+        float *restrict p = param + e;
+        const float *restrict g0 = grad + e;
+        decode_block(bits, mc, block_scale(bits, ms, b), e, len, qs, sm);
+        decode_block(bits, vc, block_scale(bits, vs, b), e, len, qu, sv);
+        if (ams) decode_block(bits, xc, block_scale(bits, xs, b), e, len, qu, sx);
+        for (int64_t i = 0; i < len; i++) {
+            float g = maximize ? -g0[i] : g0[i], x = p[i];
+            if (shrink) x = x * decay;
+            if (l2) g = fmaf(wd, x, g);
+            float m = lerp(sm[i], g, w1), v = lerp(sv[i], g * g, w2);
+            sm[i] = m;
+            sv[i] = v;
+            if (ams) {
+                float old = sx[i];
+                v = (old > v || old != old) ? old : v; /* torch.maximum: NaN wins */
+                sx[i] = v;
+            }
+            p[i] = x + (alpha * m) / (sqrtf(v) / bc2 + eps);
+        }
+        encode_block(bits, sm, e, len, b, mids_s, bucket_s, mc, ms);
+        encode_block(bits, sv, e, len, b, mids_u, bucket_u, vc, vs);
+        if (ams) encode_block(bits, sx, e, len, b, mids_u, bucket_u, xc, xs);
+    }
+}
