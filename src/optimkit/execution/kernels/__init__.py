@@ -25,6 +25,8 @@ API (all tensors contiguous, on the CPU; misuse raises ValueError)::
             weight_decay, decoupled, bias_correction1, bias_correction2_sqrt,
             maximize=False, max_codes=None, max_scale=None)
     k.adam_8bit_(param, grad, m_codes, m_scale, v_codes, v_scale, **same)   # enc = "8bit"
+    k.adam_multi_(enc, params, grads, m_codes, m_scales, v_codes, v_scales, **same,
+                  max_codes=None, max_scales=None)  # lists: one C call for many tensors
 
 ``enc`` is an :class:`~..encodings.Blockwise` (``"8bit"`` or ``"4bit"``, any even block size;
 the fused step takes blocks up to 4096) or its name. ``decode``/``encode`` give exactly the
@@ -143,26 +145,31 @@ class _HP(ctypes.Structure):
                 ("lr", "beta1", "beta2", "eps", "weight_decay", "bias_correction1", "bias_correction2_sqrt")]  # fmt: skip
 
 
-def _tables(values: tuple[float, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """A map's float32 values, midpoints (+inf last) and bucket table (see lowbit.c)."""
+def _tables(values: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """A map's float32 values and its bucket table (see lowbit.c): for the sign of y and
+    ``k = |y| bits >> 16``, ``base | t << 8`` with ``base`` the code of the bucket's smallest
+    y and ``t`` the key (``|y| bits & 0xffff``, reversed for negative y so that it grows with
+    y) from which on the code is ``base + 1`` (0x10000: never)."""
     q = torch.tensor(values, dtype=torch.float32)
     mids = ((q[1:].double() + q[:-1].double()) / 2).float()  # encodings._table's midpoints
     k = torch.arange(_BUCKETS - 1, dtype=torch.int32) << 16
     lo_pos, hi_pos = k.view(torch.float32), (k | 0xFFFF).view(torch.float32)
-    bucket = torch.zeros(2 * _STRIDE + 4, dtype=torch.uint8)
+    table = torch.zeros(2 * _STRIDE + 1, dtype=torch.int32)
     last = len(values) - 1
-    for offset, ylo, yhi in ((0, lo_pos, hi_pos), (_STRIDE, -hi_pos, -lo_pos)):
+    for offset, ylo, yhi, negative in ((0, lo_pos, hi_pos, False), (_STRIDE, -hi_pos, -lo_pos, True)):
         base = torch.bucketize(ylo, mids, right=True)
         top = torch.bucketize(yhi, mids, right=True)
         # The table's premise: no bucket holds two midpoints (one comparison finishes a code).
         if not bool((top - base <= 1).all()):
             raise ValueError("the map has midpoints closer than a bfloat16 bucket; no bucket table")
-        bucket[offset : offset + _BUCKETS - 1] = base.to(torch.uint8)
-        bucket[offset + _BUCKETS - 1] = last  # |y| > 1.0078 and NaN: the last code (bucketize's NaN)
-    mids_ext = torch.cat([mids, torch.tensor([float("inf")])])
-    return q, mids_ext.contiguous(), bucket
-
-
+        mid = mids[base.clamp(max=len(mids) - 1)]  # the one midpoint in (ylo, yhi] where top > base
+        key = mid.abs().view(torch.int32) & 0xFFFF
+        if negative:
+            key = 0xFFFF - key
+        t = torch.where(top > base, key, torch.full_like(key, 0x10000))
+        table[offset : offset + _BUCKETS - 1] = base.to(torch.int32) | (t << 8)
+        table[offset + _BUCKETS - 1] = last | (0x10000 << 8)  # |y| > 1.0078 and NaN: the last code
+    return q, table
 def _check(t: Tensor, name: str, dtype: torch.dtype | tuple[torch.dtype, ...], numel: int | None = None) -> None:
     dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
     if not isinstance(t, Tensor):
@@ -180,15 +187,15 @@ class Kernels:
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.lib, self.path = lib, path
         lib.ok_decode.argtypes = [ctypes.c_int, _I64, _P, _P, _I64, _I64, _P, _P, ctypes.c_int]
-        lib.ok_encode.argtypes = [ctypes.c_int, _I64, _P, _I64, _I64, _P, _P, _P, _P, ctypes.c_int]
-        lib.ok_adam.argtypes = [ctypes.c_int, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _P,
-                                _P, _P, _P, _P, _P, _P, ctypes.POINTER(_HP), ctypes.c_int, ctypes.c_int]  # fmt: skip
-        for f in (lib.ok_decode, lib.ok_encode, lib.ok_adam):
+        lib.ok_encode.argtypes = [ctypes.c_int, _I64, _P, _I64, _I64, _P, _P, _P, ctypes.c_int]
+        lib.ok_adam_multi.argtypes = [ctypes.c_int, _I64, ctypes.c_int] + [_P] * 13 + [ctypes.POINTER(_HP),
+                                                                                    ctypes.c_int, ctypes.c_int]  # fmt: skip
+        for f in (lib.ok_decode, lib.ok_encode, lib.ok_adam_multi):
             f.restype = None
         self.avx2 = bool(lib.ok_avx2())
-        self._tables: dict[tuple[str, bool], tuple[Tensor, Tensor, Tensor]] = {}
+        self._tables: dict[tuple[str, bool], tuple[Tensor, Tensor]] = {}
 
-    def tables(self, enc, signed: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def tables(self, enc, signed: bool) -> tuple[Tensor, Tensor]:
         key = (enc.name, bool(signed))
         if key not in self._tables:
             self._tables[key] = _tables(enc._map(signed))
@@ -222,7 +229,7 @@ class Kernels:
         if out is None:
             out = torch.empty(hi - lo, dtype=torch.float32)
         _check(out, "out", torch.float32, hi - lo)
-        q, _, _ = self.tables(enc, signed)
+        q, _ = self.tables(enc, signed)
         self.lib.ok_decode(enc.bits, b, codes.data_ptr(), scale.data_ptr(), lo, hi, q.data_ptr(), out.data_ptr(),
                            torch.get_num_threads())  # fmt: skip
         return out
@@ -235,41 +242,60 @@ class Kernels:
         n, b = x.numel(), enc.block_size
         if lo % b or lo < 0 or lo + n > room + (room % 2 if enc.bits == 4 else 0) or lo // b + -(-n // b) > scale.numel():
             raise ValueError(f"cannot store {n} elements at {lo} in {room} stored elements (block {b})")
-        _, mids, bucket = self.tables(enc, signed)
-        self.lib.ok_encode(enc.bits, b, x.data_ptr(), n, lo, mids.data_ptr(), bucket.data_ptr(), codes.data_ptr(),
+        _, bucket = self.tables(enc, signed)
+        self.lib.ok_encode(enc.bits, b, x.data_ptr(), n, lo, bucket.data_ptr(), codes.data_ptr(),
                            scale.data_ptr(), torch.get_num_threads())  # fmt: skip
 
     def adam_(self, enc, param: Tensor, grad: Tensor, m_codes: Tensor, m_scale: Tensor, v_codes: Tensor,
-              v_scale: Tensor, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-              decoupled: bool, bias_correction1: float, bias_correction2_sqrt: float, maximize: bool = False,
-              max_codes: Tensor | None = None, max_scale: Tensor | None = None) -> None:  # fmt: skip
-        """One fused Adam(W) step in place on ``param`` and the moments (see the module)."""
+              v_scale: Tensor, *, max_codes: Tensor | None = None, max_scale: Tensor | None = None,
+              **hyper) -> None:  # fmt: skip
+        """One fused Adam(W) step in place on ``param`` and its moments (see the module)."""
+        amsgrad = max_codes is not None or max_scale is not None
+        self.adam_multi_(enc, [param], [grad], [m_codes], [m_scale], [v_codes], [v_scale],
+                         max_codes=[max_codes] if amsgrad else None, max_scales=[max_scale] if amsgrad else None,
+                         **hyper)  # fmt: skip
+
+    def adam_multi_(self, enc, params, grads, m_codes, m_scales, v_codes, v_scales, *, lr: float, beta1: float,
+                    beta2: float, eps: float, weight_decay: float, decoupled: bool, bias_correction1: float,
+                    bias_correction2_sqrt: float, maximize: bool = False, max_codes=None, max_scales=None) -> None:  # fmt: skip
+        """:meth:`adam_` on lists of tensors (one hyperparameter set) in one call: one
+        OpenMP loop over the blocks of all of them (no per-tensor fork or Python cost)."""
         enc = self._encoding(enc)
         if enc.block_size > MAX_FUSED_BLOCK:
             raise ValueError(f"the fused step takes blocks up to {MAX_FUSED_BLOCK}, not {enc.block_size}")
-        _check(param, "param", torch.float32)
-        n = param.numel()
-        _check(grad, "grad", torch.float32, n)
-        stored = [(m_codes, m_scale, "m_"), (v_codes, v_scale, "v_")]
-        amsgrad = max_codes is not None or max_scale is not None
+        amsgrad = max_codes is not None or max_scales is not None
+        lists = [params, grads, m_codes, m_scales, v_codes, v_scales]
         if amsgrad:
-            if max_codes is None or max_scale is None:
-                raise ValueError("amsgrad needs both max_codes and max_scale")
-            stored.append((max_codes, max_scale, "max_"))
-        for codes, scale, name in stored:
-            self._stored(enc, codes, scale, name)
-            if not enc.is_stored({"codes": codes, "scale": scale}, n):
-                raise ValueError(f"{name}codes/{name}scale do not hold {n} elements as {enc.name}")
-        qs, mids_s, bucket_s = self.tables(enc, True)
-        qu, mids_u, bucket_u = self.tables(enc, False)
+            if max_codes is None or max_scales is None:
+                raise ValueError("amsgrad needs both max_codes and max_scales")
+            lists += [max_codes, max_scales]
+        count = len(params)
+        if any(len(x) != count for x in lists):
+            raise ValueError("params, grads and the moments' lists must have the same length")
+        f32, u8, sd = torch.float32, torch.uint8, enc.scale_dtype
+        ncodes, sizes = (lambda n: -(-n // 2)) if enc.bits == 4 else (lambda n: n), []
+        for j, p in enumerate(params):
+            _check(p, "param", f32)
+            n = p.numel()
+            _check(grads[j], "grad", f32, n)
+            nb = -(-n // enc.block_size)
+            for codes, scale, name in zip(lists[2::2], lists[3::2], ("m_", "v_", "max_")):
+                _check(codes[j], name + "codes", u8, ncodes(n))
+                _check(scale[j], name + "scale", sd, nb)
+            sizes.append(n)
+        if count == 0:
+            return
+        ptrs = [(_P * count)(*[t.data_ptr() for t in lst]) for lst in lists]
+        if not amsgrad:
+            ptrs += [None, None]
+        qs, bucket_s = self.tables(enc, True)
+        qu, bucket_u = self.tables(enc, False)
         hp = _HP(float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), float(bias_correction1),
                  float(bias_correction2_sqrt))  # fmt: skip
         flags = (1 if decoupled else 0) | (2 if maximize else 0) | (4 if amsgrad else 0)
-        xc, xs = (max_codes.data_ptr(), max_scale.data_ptr()) if amsgrad else (None, None)
-        self.lib.ok_adam(enc.bits, enc.block_size, param.data_ptr(), grad.data_ptr(), n, m_codes.data_ptr(),
-                         m_scale.data_ptr(), v_codes.data_ptr(), v_scale.data_ptr(), xc, xs, qs.data_ptr(),
-                         mids_s.data_ptr(), bucket_s.data_ptr(), qu.data_ptr(), mids_u.data_ptr(), bucket_u.data_ptr(),
-                         ctypes.byref(hp), flags, torch.get_num_threads())  # fmt: skip
+        self.lib.ok_adam_multi(enc.bits, enc.block_size, count, ptrs[0], ptrs[1], (_I64 * count)(*sizes), *ptrs[2:],
+                               qs.data_ptr(), bucket_s.data_ptr(), qu.data_ptr(), bucket_u.data_ptr(),
+                               ctypes.byref(hp), flags, torch.get_num_threads())  # fmt: skip
 
     def adam_8bit_(self, param: Tensor, grad: Tensor, m_codes: Tensor, m_scale: Tensor, v_codes: Tensor,
                    v_scale: Tensor, **kwargs) -> None:  # fmt: skip

@@ -18,6 +18,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -70,34 +71,40 @@ static inline uint16_t bf16_up(float x) {
     return b;
 }
 
-static inline uint8_t quant1(float y, const float *mids, const uint8_t *bucket) {
-    uint32_t u = f2u(y);
-    uint32_t k = (u & 0x7fffffffu) >> 16;
+static inline uint8_t quant1(float y, const uint32_t *bucket) {
+    uint32_t u = f2u(y), a = u & 0x7fffffffu, k = a >> 16;
     if (k > BUCKETS - 1) k = BUCKETS - 1;
-    uint8_t base = bucket[k + ((u >> 31) ? STRIDE : 0)];
-    return (uint8_t)(base + (y >= mids[base]));
+    uint32_t e = bucket[k + ((u >> 31) ? STRIDE : 0)];
+    uint32_t key = (a & 0xffffu) ^ ((u >> 31) ? 0xffffu : 0u);
+    return (uint8_t)((e & 0xffu) + (key + 1 > (e >> 8)));
 }
 
 /* codes[i] = nearest code of x[i] / div (one byte per code). */
-static void quant(const float *x, int64_t n, float div, const float *mids, const uint8_t *bucket, uint8_t *codes) {
+static void quant(const float *x, int64_t n, float div, const uint32_t *bucket, uint8_t *codes) {
     int64_t i = 0;
 #ifdef __AVX2__
     const __m256 d = _mm256_set1_ps(div);
     const __m256i mask = _mm256_set1_epi32(0x7fffffff), top = _mm256_set1_epi32(BUCKETS - 1);
-    const __m256i stride = _mm256_set1_epi32(STRIDE), ff = _mm256_set1_epi32(0xff);
+    const __m256i stride = _mm256_set1_epi32(STRIDE), ff = _mm256_set1_epi32(0xff), low = _mm256_set1_epi32(0xffff);
+    const __m256i one = _mm256_set1_epi32(1);
     for (; i + 8 <= n; i += 8) {
         __m256 y = _mm256_div_ps(_mm256_loadu_ps(x + i), d);
-        __m256i u = _mm256_castps_si256(y);
-        __m256i k = _mm256_min_epu32(_mm256_srli_epi32(_mm256_and_si256(u, mask), 16), top);
-        k = _mm256_add_epi32(k, _mm256_and_si256(_mm256_srai_epi32(u, 31), stride));
-        __m256i base = _mm256_and_si256(_mm256_i32gather_epi32((const int *)bucket, k, 1), ff);
-        __m256 t = _mm256_i32gather_ps(mids, base, 4);
-        __m256i code = _mm256_sub_epi32(base, _mm256_castps_si256(_mm256_cmp_ps(y, t, _CMP_GE_OQ)));
+        __m256i u = _mm256_castps_si256(y), a = _mm256_and_si256(u, mask), neg = _mm256_srai_epi32(u, 31);
+        __m256i k = _mm256_min_epu32(_mm256_srli_epi32(a, 16), top);
+        k = _mm256_add_epi32(k, _mm256_and_si256(neg, stride));
+        /* scalar loads again rather than vpgatherdd */
+        uint32_t ka[8] __attribute__((aligned(32)));
+        _mm256_store_si256((__m256i *)ka, k);
+        __m256i e = _mm256_setr_epi32((int)bucket[ka[0]], (int)bucket[ka[1]], (int)bucket[ka[2]], (int)bucket[ka[3]],
+                                      (int)bucket[ka[4]], (int)bucket[ka[5]], (int)bucket[ka[6]], (int)bucket[ka[7]]);
+        __m256i key = _mm256_and_si256(_mm256_xor_si256(a, neg), low);
+        __m256i up = _mm256_cmpgt_epi32(_mm256_add_epi32(key, one), _mm256_srli_epi32(e, 8));
+        __m256i code = _mm256_sub_epi32(_mm256_and_si256(e, ff), up);
         __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
         _mm_storel_epi64((__m128i *)(codes + i), _mm_packus_epi16(w, w));
     }
 #endif
-    for (; i < n; i++) codes[i] = quant1(x[i] / div, mids, bucket);
+    for (; i < n; i++) codes[i] = quant1(x[i] / div, bucket);
 }
 
 /* out[i] = q[codes[i]] * s */
@@ -106,8 +113,10 @@ static void dequant(const uint8_t *codes, int64_t n, float s, const float *q, fl
 #ifdef __AVX2__
     const __m256 sv = _mm256_set1_ps(s);
     for (; i + 8 <= n; i += 8) {
-        __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + i)));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_i32gather_ps(q, c, 4), sv));
+        /* eight scalar loads beat vgatherdps on Zen (2x here) */
+        const uint8_t *c = codes + i;
+        __m256 v = _mm256_setr_ps(q[c[0]], q[c[1]], q[c[2]], q[c[3]], q[c[4]], q[c[5]], q[c[6]], q[c[7]]);
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(v, sv));
     }
 #endif
     for (; i < n; i++) out[i] = q[codes[i]] * s;
@@ -133,14 +142,14 @@ static void decode_block(int bits, const uint8_t *codes, float s, int64_t e, int
     }
 }
 
-/* Encode x[0:n] as the block at element e (block index b): scale and codes. */
-static void encode_block(int bits, const float *x, int64_t e, int64_t n, int64_t b, const float *mids,
-                         const uint8_t *bucket, uint8_t *codes, void *scale) {
-    float a = absmax(x, n), div;
+/* Encode x[0:n], whose max |x| is a, as the block at element e (block index b). */
+static void encode_block(int bits, const float *x, float a, int64_t e, int64_t n, int64_t b, const uint32_t *bucket,
+                         uint8_t *codes, void *scale) {
+    float div;
     if (bits == 8) {
         ((float *)scale)[b] = a;
         div = a == 0.0f ? 1.0f : a;
-        quant(x, n, div, mids, bucket, codes + e);
+        quant(x, n, div, bucket, codes + e);
         return;
     }
     uint16_t s = bf16_up(a);
@@ -150,7 +159,7 @@ static void encode_block(int bits, const float *x, int64_t e, int64_t n, int64_t
     uint8_t *p = codes + e / 2;
     for (int64_t c = 0; c < n; c += CHUNK) {
         int64_t m = n - c < CHUNK ? n - c : CHUNK;
-        quant(x + c, m, div, mids, bucket, tmp);
+        quant(x + c, m, div, bucket, tmp);
         int64_t pairs = m / 2;
         for (int64_t j = 0; j < pairs; j++) p[c / 2 + j] = (uint8_t)(tmp[2 * j] | (tmp[2 * j + 1] << 4));
         if (m & 1) p[c / 2 + pairs] = tmp[m - 1]; /* the last, odd element: high nibble 0 */
@@ -170,13 +179,13 @@ void ok_decode(int bits, int64_t block, const uint8_t *codes, const void *scale,
 }
 
 /* Store x[0:n] at element lo (a block boundary) of (codes, scale). */
-void ok_encode(int bits, int64_t block, const float *x, int64_t n, int64_t lo, const float *mids,
-               const uint8_t *bucket, uint8_t *codes, void *scale, int nt) {
+void ok_encode(int bits, int64_t block, const float *x, int64_t n, int64_t lo, const uint32_t *bucket,
+               uint8_t *codes, void *scale, int nt) {
     int64_t nb = (n + block - 1) / block;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && n >= 65536)
     for (int64_t i = 0; i < nb; i++) {
         int64_t e = lo + i * block, m = n - i * block < block ? n - i * block : block;
-        encode_block(bits, x + i * block, e, m, e / block, mids, bucket, codes, scale);
+        encode_block(bits, x + i * block, absmax(x + i * block, m), e, m, e / block, bucket, codes, scale);
     }
 }
 
@@ -201,44 +210,118 @@ enum { DECOUPLED = 1, MAXIMIZE = 2, AMSGRAD = 4 };
  *   m = lerp(m, g, 1 - beta1);  v = lerp(v, g g, 1 - beta2);  amsgrad: x = max(x, v), v' = x
  *   p = p + (-(lr / bc1) m) / (sqrt(v') / bc2_sqrt + eps)
  * the scalars rounded to float32 as torch's CPU ops round them; m, v, (x) re-encoded per block. */
-void ok_adam(int bits, int64_t block, float *param, const float *grad, int64_t n,
-             uint8_t *mc, void *ms, uint8_t *vc, void *vs, uint8_t *xc, void *xs,
-             const float *qs, const float *mids_s, const uint8_t *bucket_s,
-             const float *qu, const float *mids_u, const uint8_t *bucket_u,
-             const adam_hp *hp, int flags, int nt) {
+void ok_adam_multi(int bits, int64_t block, int nten, float *const *params, const float *const *grads,
+                   const int64_t *sizes, uint8_t *const *mcs, void *const *mss, uint8_t *const *vcs, void *const *vss,
+                   uint8_t *const *xcs, void *const *xss, const float *qs, const uint32_t *bucket_s, const float *qu,
+                   const uint32_t *bucket_u, const adam_hp *hp, int flags, int nt) {
     const float w1 = (float)(1.0 - hp->beta1), w2 = (float)(1.0 - hp->beta2);
     const float decay = (float)(1.0 - hp->lr * hp->weight_decay), wd = (float)hp->weight_decay;
     const float alpha = (float)(-(hp->lr / hp->bias_correction1));
     const float bc2 = (float)hp->bias_correction2_sqrt, eps = (float)hp->eps;
-    const int decoupled = flags & DECOUPLED, maximize = flags & MAXIMIZE, ams = flags & AMSGRAD;
-    const int l2 = !decoupled && hp->weight_decay != 0.0, shrink = decoupled && hp->weight_decay != 0.0;
-    int64_t nb = (n + block - 1) / block;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && n >= 65536)
-    for (int64_t b = 0; b < nb; b++) {
+    const int maximize = flags & MAXIMIZE, ams = flags & AMSGRAD;
+    const int l2 = !(flags & DECOUPLED) && hp->weight_decay != 0.0;
+    const int shrink = (flags & DECOUPLED) && hp->weight_decay != 0.0;
+    /* first[t]: the global index of tensor t's first block; the blocks of all tensors are
+     * shared out among the threads in one parallel loop. */
+    int64_t first_stack[65], *first = nten < 65 ? first_stack : malloc(sizeof(int64_t) * (nten + 1)), total = 0;
+    for (int t = 0; t < nten; t++) {
+        first[t] = total;
+        total += (sizes[t] + block - 1) / block;
+    }
+    first[nten] = total;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && total * block >= 65536)
+    for (int64_t gb = 0; gb < total; gb++) {
+        int lo_t = 0, hi_t = nten - 1; /* the tensor holding block gb */
+        while (lo_t < hi_t) {
+            int mid = (lo_t + hi_t + 1) / 2;
+            if (first[mid] <= gb) lo_t = mid; else hi_t = mid - 1;
+        }
+        const int t = lo_t;
+        const int64_t b = gb - first[t], n = sizes[t];
+        float *param = params[t];
+        const float *grad = grads[t];
+        uint8_t *mc = mcs[t], *vc = vcs[t], *xc = ams ? xcs[t] : 0;
+        void *ms = mss[t], *vs = vss[t], *xs = ams ? xss[t] : 0;
         float sm[MAXB] __attribute__((aligned(32))), sv[MAXB] __attribute__((aligned(32)));
         float sx[MAXB] __attribute__((aligned(32)));
-        int64_t e = b * block, len = n - e < block ? n - e : block;
+        int64_t e = b * block, len = n - e < block ? n - e : block, i = 0;
         float *restrict p = param + e;
         const float *restrict g0 = grad + e;
         decode_block(bits, mc, block_scale(bits, ms, b), e, len, qs, sm);
         decode_block(bits, vc, block_scale(bits, vs, b), e, len, qu, sv);
         if (ams) decode_block(bits, xc, block_scale(bits, xs, b), e, len, qu, sx);
-        for (int64_t i = 0; i < len; i++) {
+        uint32_t am = 0, av = 0, ax = 0;
+#ifdef __AVX2__
+        {
+            const __m256 W1 = _mm256_set1_ps(w1), W2 = _mm256_set1_ps(w2), C1 = _mm256_set1_ps(1.0f - w1);
+            const __m256 C2 = _mm256_set1_ps(1.0f - w2), DEC = _mm256_set1_ps(decay), WD = _mm256_set1_ps(wd);
+            const __m256 ALPHA = _mm256_set1_ps(alpha), BC2 = _mm256_set1_ps(bc2), EPS = _mm256_set1_ps(eps);
+            const __m256 NEG = _mm256_set1_ps(maximize ? -0.0f : 0.0f);
+            const __m256i ABS = _mm256_set1_epi32(0x7fffffff);
+            const int small1 = w1 < 0.5f, small2 = w2 < 0.5f;
+            __m256i AM = _mm256_setzero_si256(), AV = AM, AX = AM;
+            for (; i + 8 <= len; i += 8) {
+                __m256 g = _mm256_xor_ps(_mm256_loadu_ps(g0 + i), NEG), x = _mm256_loadu_ps(p + i);
+                if (shrink) x = _mm256_mul_ps(x, DEC);
+                if (l2) g = _mm256_fmadd_ps(WD, x, g);
+                __m256 m = _mm256_load_ps(sm + i), v = _mm256_load_ps(sv + i), gg = _mm256_mul_ps(g, g);
+                __m256 dm = _mm256_sub_ps(g, m), dv = _mm256_sub_ps(gg, v);
+                m = small1 ? _mm256_fmadd_ps(W1, dm, m) : _mm256_fnmadd_ps(C1, dm, g);
+                v = small2 ? _mm256_fmadd_ps(W2, dv, v) : _mm256_fnmadd_ps(C2, dv, gg);
+                _mm256_store_ps(sm + i, m);
+                _mm256_store_ps(sv + i, v);
+                AM = _mm256_max_epu32(AM, _mm256_and_si256(_mm256_castps_si256(m), ABS));
+                AV = _mm256_max_epu32(AV, _mm256_and_si256(_mm256_castps_si256(v), ABS));
+                if (ams) {
+                    __m256 old = _mm256_load_ps(sx + i), r = _mm256_max_ps(v, old);
+                    v = _mm256_blendv_ps(r, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)); /* NaN wins */
+                    _mm256_store_ps(sx + i, v);
+                    AX = _mm256_max_epu32(AX, _mm256_and_si256(_mm256_castps_si256(v), ABS));
+                }
+                __m256 den = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v), BC2), EPS);
+                _mm256_storeu_ps(p + i, _mm256_add_ps(x, _mm256_div_ps(_mm256_mul_ps(ALPHA, m), den)));
+            }
+            uint32_t l[3][8];
+            _mm256_storeu_si256((__m256i *)l[0], AM);
+            _mm256_storeu_si256((__m256i *)l[1], AV);
+            _mm256_storeu_si256((__m256i *)l[2], AX);
+            for (int k = 0; k < 8; k++) {
+                am = l[0][k] > am ? l[0][k] : am;
+                av = l[1][k] > av ? l[1][k] : av;
+                ax = l[2][k] > ax ? l[2][k] : ax;
+            }
+        }
+#endif
+        for (; i < len; i++) {
             float g = maximize ? -g0[i] : g0[i], x = p[i];
             if (shrink) x = x * decay;
             if (l2) g = fmaf(wd, x, g);
             float m = lerp(sm[i], g, w1), v = lerp(sv[i], g * g, w2);
             sm[i] = m;
             sv[i] = v;
+            uint32_t a = f2u(m) & 0x7fffffffu;
+            am = a > am ? a : am;
+            a = f2u(v) & 0x7fffffffu;
+            av = a > av ? a : av;
             if (ams) {
                 float old = sx[i];
                 v = (old > v || old != old) ? old : v; /* torch.maximum: NaN wins */
                 sx[i] = v;
+                a = f2u(v) & 0x7fffffffu;
+                ax = a > ax ? a : ax;
             }
             p[i] = x + (alpha * m) / (sqrtf(v) / bc2 + eps);
         }
-        encode_block(bits, sm, e, len, b, mids_s, bucket_s, mc, ms);
-        encode_block(bits, sv, e, len, b, mids_u, bucket_u, vc, vs);
-        if (ams) encode_block(bits, sx, e, len, b, mids_u, bucket_u, xc, xs);
+        encode_block(bits, sm, u2f(am), e, len, b, bucket_s, mc, ms);
+        encode_block(bits, sv, u2f(av), e, len, b, bucket_u, vc, vs);
+        if (ams) encode_block(bits, sx, u2f(ax), e, len, b, bucket_u, xc, xs);
     }
+    if (first != first_stack) free(first);
+}
+
+void ok_adam(int bits, int64_t block, float *param, const float *grad, int64_t n, uint8_t *mc, void *ms, uint8_t *vc,
+             void *vs, uint8_t *xc, void *xs, const float *qs, const uint32_t *bucket_s, const float *qu,
+             const uint32_t *bucket_u, const adam_hp *hp, int flags, int nt) {
+    ok_adam_multi(bits, block, 1, &param, &grad, &n, &mc, &ms, &vc, &vs, &xc, &xs, qs, bucket_s, qu, bucket_u, hp,
+                  flags, nt);
 }
