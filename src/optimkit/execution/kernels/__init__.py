@@ -73,7 +73,7 @@ __all__ = ["Kernels", "load", "FLAGS", "source_path"]
 
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-std=c11", "-shared", "-fPIC")
 _SOURCE = Path(__file__).with_name("lowbit.c")
-_BUCKETS, _STRIDE = 0x3F82, 0x3F84
+_LAST = 0x3F80  # the bucket of 1.0 (y bits >> 16)
 #: The largest block the fused step takes.
 MAX_FUSED_BLOCK = 4096
 
@@ -146,17 +146,17 @@ class _HP(ctypes.Structure):
 
 
 def _tables(values: tuple[float, ...]) -> tuple[Tensor, Tensor]:
-    """A map's float32 values and its bucket table (see lowbit.c): for the sign of y and
-    ``k = |y| bits >> 16``, ``base | t << 8`` with ``base`` the code of the bucket's smallest
-    y and ``t`` the key (``|y| bits & 0xffff``, reversed for negative y so that it grows with
-    y) from which on the code is ``base + 1`` (0x10000: never)."""
+    """A map's float32 values and its bucket table (see lowbit.c): for ``k = y bits >> 16``,
+    ``base | t << 8`` with ``base`` the code of the bucket's smallest y and ``t`` the key
+    (``y bits & 0xffff``, reversed for negative y so that it grows with y) from which on the
+    code is ``base + 1`` (0x10000: never)."""
     q = torch.tensor(values, dtype=torch.float32)
     mids = ((q[1:].double() + q[:-1].double()) / 2).float()  # encodings._table's midpoints
-    k = torch.arange(_BUCKETS - 1, dtype=torch.int32) << 16
+    k = torch.arange(_LAST + 1, dtype=torch.int32) << 16  # |y| <= 1.0078
     lo_pos, hi_pos = k.view(torch.float32), (k | 0xFFFF).view(torch.float32)
-    table = torch.zeros(2 * _STRIDE + 1, dtype=torch.int32)
     last = len(values) - 1
-    for offset, ylo, yhi, negative in ((0, lo_pos, hi_pos, False), (_STRIDE, -hi_pos, -lo_pos, True)):
+    table = torch.full((65536,), last | (0x10000 << 8), dtype=torch.int32)  # |y| > 1.0078, NaN: the last code
+    for offset, ylo, yhi, negative in ((0, lo_pos, hi_pos, False), (0x8000, -hi_pos, -lo_pos, True)):
         base = torch.bucketize(ylo, mids, right=True)
         top = torch.bucketize(yhi, mids, right=True)
         # The table's premise: no bucket holds two midpoints (one comparison finishes a code).
@@ -167,9 +167,10 @@ def _tables(values: tuple[float, ...]) -> tuple[Tensor, Tensor]:
         if negative:
             key = 0xFFFF - key
         t = torch.where(top > base, key, torch.full_like(key, 0x10000))
-        table[offset : offset + _BUCKETS - 1] = base.to(torch.int32) | (t << 8)
-        table[offset + _BUCKETS - 1] = last | (0x10000 << 8)  # |y| > 1.0078 and NaN: the last code
+        table[offset : offset + _LAST + 1] = base.to(torch.int32) | (t << 8)
     return q, table
+
+
 def _check(t: Tensor, name: str, dtype: torch.dtype | tuple[torch.dtype, ...], numel: int | None = None) -> None:
     dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
     if not isinstance(t, Tensor):
