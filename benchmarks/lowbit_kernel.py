@@ -165,14 +165,12 @@ def check(steps: int = 30) -> None:
     ours = run(lambda ps: KernelAdamW8bit(ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd))
     generic = [x.clone() for x in start]
     sts = [{"m": enc.empty(x.numel(), True, x.device), "v": enc.empty(x.numel(), False, x.device)} for x in start]
-    ref32 = [x.clone() for x in start]
     for t in range(steps):
         for p, g, st in zip(generic, grads[t], sts):
             if p.numel() >= MIN_SIZE:
                 _generic_step(enc, p, g, st, t + 1, lr, b1, b2, eps, wd)
     # tensors under MIN_SIZE stay float32: take them from the fp32 run for the comparison
     generic = [g if g.numel() >= MIN_SIZE else f for g, f in zip(generic, fp32)]
-    del ref32
     rows = {"optimkit kernel": ours, "torch-ops generic path": generic}
     try:
         from torchao.optim import AdamW8bit as AoAdamW8bit

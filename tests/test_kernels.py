@@ -226,3 +226,31 @@ def test_threads_agree():
 def test_disabled_by_env(monkeypatch):
     monkeypatch.setenv("OPTIMKIT_NO_KERNELS", "1")
     assert kernels.load() is None
+
+
+def _load_in_subprocess(tmp_path, env_extra):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OPTIMKIT_CACHE_DIR=str(tmp_path), **env_extra)
+    env.pop("OPTIMKIT_NO_KERNELS", None)
+    code = "import warnings; warnings.simplefilter('always')\nfrom optimkit.execution import kernels\nprint(kernels.load() is not None)"
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_no_compiler_falls_back(tmp_path):
+    """A compiler that fails: load() is None, with one warning, and nothing is cached."""
+    proc = _load_in_subprocess(tmp_path, {"CC": "/bin/false"})
+    out, err = proc.communicate(timeout=120)
+    assert out.strip() == "False", (out, err)
+    assert "compiling the low-bit kernels failed" in err
+    assert not list((tmp_path / "kernels").glob("*.so"))
+
+
+def test_concurrent_compiles(tmp_path):
+    """Processes compiling into the same empty cache at once all load a whole library."""
+    procs = [_load_in_subprocess(tmp_path, {}) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(out.strip() == "True" for out, _ in outs), outs
+    assert len(list((tmp_path / "kernels").glob("*.so"))) == 1
+    assert not [p for p in (tmp_path / "kernels").iterdir() if p.name.startswith(".")]

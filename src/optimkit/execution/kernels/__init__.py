@@ -241,7 +241,7 @@ class Kernels:
         room = self._stored(enc, codes, scale)
         _check(x, "x", torch.float32)
         n, b = x.numel(), enc.block_size
-        if lo % b or lo < 0 or lo + n > room + (room % 2 if enc.bits == 4 else 0) or lo // b + -(-n // b) > scale.numel():
+        if lo % b or lo < 0 or lo + n > room or lo // b + -(-n // b) > scale.numel():
             raise ValueError(f"cannot store {n} elements at {lo} in {room} stored elements (block {b})")
         _, bucket = self.tables(enc, signed)
         self.lib.ok_encode(enc.bits, b, x.data_ptr(), n, lo, bucket.data_ptr(), codes.data_ptr(),
@@ -307,7 +307,7 @@ class Kernels:
 _lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load() -> Kernels | None:
     cc = _compiler()
     if cc is None:

@@ -223,7 +223,7 @@ void ok_adam_multi(int bits, int64_t block, int nten, float *const *params, cons
         total += (sizes[t] + block - 1) / block;
     }
     first[nten] = total;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && total * block >= 65536)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1 && total * block >= 65536)
     for (int64_t gb = 0; gb < total; gb++) {
         int lo_t = 0, hi_t = nten - 1; /* the tensor holding block gb */
         while (lo_t < hi_t) {
