@@ -101,16 +101,20 @@ static void quant(const float *x, int64_t n, float div, const uint32_t *bucket, 
     for (; i < n; i++) codes[i] = quant1(x[i] / div, bucket);
 }
 
+#ifdef __AVX2__
+/* q[c[0..7]]: eight scalar loads beat vgatherdps on Zen (2x here) */
+static inline __m256 look8(const uint8_t *c, const float *q) {
+    return _mm256_setr_ps(q[c[0]], q[c[1]], q[c[2]], q[c[3]], q[c[4]], q[c[5]], q[c[6]], q[c[7]]);
+}
+#endif
+
 /* out[i] = q[codes[i]] * s */
 static void dequant(const uint8_t *codes, int64_t n, float s, const float *q, float *out) {
     int64_t i = 0;
 #ifdef __AVX2__
     const __m256 sv = _mm256_set1_ps(s);
     for (; i + 8 <= n; i += 8) {
-        /* eight scalar loads beat vgatherdps on Zen (2x here) */
-        const uint8_t *c = codes + i;
-        __m256 v = _mm256_setr_ps(q[c[0]], q[c[1]], q[c[2]], q[c[3]], q[c[4]], q[c[5]], q[c[6]], q[c[7]]);
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(v, sv));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(look8(codes + i, q), sv));
     }
 #endif
     for (; i < n; i++) out[i] = q[codes[i]] * s;
@@ -241,8 +245,16 @@ void ok_adam_multi(int bits, int64_t block, int nten, float *const *params, cons
         int64_t e = b * block, len = n - e < block ? n - e : block, i = 0;
         float *restrict p = param + e;
         const float *restrict g0 = grad + e;
-        decode_block(bits, mc, block_scale(bits, ms, b), e, len, qs, sm);
-        decode_block(bits, vc, block_scale(bits, vs, b), e, len, qu, sv);
+        const float scale_m = block_scale(bits, ms, b), scale_v = block_scale(bits, vs, b);
+#ifdef __AVX2__
+        const int inline_decode = bits == 8; /* the AVX2 loop decodes 8-bit codes itself */
+#else
+        const int inline_decode = 0;
+#endif
+        if (!inline_decode) {
+            decode_block(bits, mc, scale_m, e, len, qs, sm);
+            decode_block(bits, vc, scale_v, e, len, qu, sv);
+        }
         if (ams) decode_block(bits, xc, block_scale(bits, xs, b), e, len, qu, sx);
         uint32_t am = 0, av = 0, ax = 0;
 #ifdef __AVX2__
@@ -253,12 +265,20 @@ void ok_adam_multi(int bits, int64_t block, int nten, float *const *params, cons
             const __m256 NEG = _mm256_set1_ps(maximize ? -0.0f : 0.0f);
             const __m256i ABS = _mm256_set1_epi32(0x7fffffff);
             const int small1 = w1 < 0.5f, small2 = w2 < 0.5f;
+            const __m256 SM = _mm256_set1_ps(scale_m), SV = _mm256_set1_ps(scale_v);
             __m256i AM = _mm256_setzero_si256(), AV = AM, AX = AM;
             for (; i + 8 <= len; i += 8) {
                 __m256 g = _mm256_xor_ps(_mm256_loadu_ps(g0 + i), NEG), x = _mm256_loadu_ps(p + i);
                 if (shrink) x = _mm256_mul_ps(x, DEC);
                 if (l2) g = _mm256_fmadd_ps(WD, x, g);
-                __m256 m = _mm256_load_ps(sm + i), v = _mm256_load_ps(sv + i), gg = _mm256_mul_ps(g, g);
+                __m256 m, v, gg = _mm256_mul_ps(g, g);
+                if (inline_decode) {
+                    m = _mm256_mul_ps(look8(mc + e + i, qs), SM);
+                    v = _mm256_mul_ps(look8(vc + e + i, qu), SV);
+                } else {
+                    m = _mm256_load_ps(sm + i);
+                    v = _mm256_load_ps(sv + i);
+                }
                 __m256 dm = _mm256_sub_ps(g, m), dv = _mm256_sub_ps(gg, v);
                 m = small1 ? _mm256_fmadd_ps(W1, dm, m) : _mm256_fnmadd_ps(C1, dm, g);
                 v = small2 ? _mm256_fmadd_ps(W2, dv, v) : _mm256_fnmadd_ps(C2, dv, gg);
@@ -290,6 +310,10 @@ void ok_adam_multi(int bits, int64_t block, int nten, float *const *params, cons
             float g = maximize ? -g0[i] : g0[i], x = p[i];
             if (shrink) x = x * decay;
             if (l2) g = fmaf(wd, x, g);
+            if (inline_decode) {
+                sm[i] = qs[mc[e + i]] * scale_m;
+                sv[i] = qu[vc[e + i]] * scale_v;
+            }
             float m = lerp(sm[i], g, w1), v = lerp(sv[i], g * g, w2);
             sm[i] = m;
             sv[i] = v;
