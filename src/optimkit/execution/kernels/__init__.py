@@ -34,7 +34,8 @@ codes, scales and floats of ``Blockwise.decode``/``Blockwise.encode_`` (same arg
 stored tensors of the whole moment and the element offset ``lo``, a block boundary), NaN and
 infinities included: a NaN in a block makes its scale NaN and every code the last one (what
 ``torch.bucketize`` gives NaN); an infinity makes the scale inf, the infinite element's code
-the last one and the others the code of 0 (0 and -0 both).
+the last one (inf / inf is NaN) and the others the code nearest 0 (0 and -0 alike). Under
+65536 elements a call runs on one thread.
 
 ``adam_`` is one step of torch's Adam (``decoupled=False``: L2, ``grad + wd * param``) or
 AdamW (``decoupled=True``: ``param *= 1 - lr * wd``) on float32 ``param`` with ``grad``
@@ -51,6 +52,13 @@ with ``bias_correction1 = 1 - beta1**t``, ``bias_correction2_sqrt = (1 - beta2**
 (torchao's and bitsandbytes' order); each block's m and v are then encoded as ``encode``
 does. Scalars are rounded to float32 as torch's CPU ops round them, and lerp is ATen's (a
 fused multiply-add), so it follows torch ops on the decoded moments to the last bit or two.
+
+Cost (``benchmarks/lowbit_kernel.py``, GPT-2-small-like shapes, 21.5M parameters, AMD EPYC
+Zen 3, one thread, CPU time, on a machine shared with other jobs): torch's fused float32 AdamW
+43 ms a step, this kernel 118 ms (2.7x), torchao's AdamW8bit 1544 ms, bitsandbytes'
+AdamW8bit 994 ms. The kernel moves 16 bytes an element against the fused float32 step's 28,
+but spends ~3 ns an element per core on table lookups (decode 2, encode 2) and divisions, so
+it is compute-bound where the float32 step is memory-bound.
 """
 
 from __future__ import annotations
