@@ -18,6 +18,8 @@ import torch
 
 from harness import assert_same, clone_kwargs
 from optimkit import AdamW, AdamW4bit, AdamW8bit, Lion8bit
+from optimkit.execution import encoded as encoded_module
+from optimkit.execution import kernels
 from optimkit.execution.encoded import conform, stochastic_round, stored_bytes
 from optimkit.execution.encodings import ENCODINGS, MIN_SIZE, dynamic_map, encoding
 from optimkit.registry import REGISTRY
@@ -93,8 +95,15 @@ def _cases():
                     yield pytest.param(spec, i, enc, id=f"{name}-{i}-{enc}")
 
 
+@pytest.fixture
+def rule_path(monkeypatch):
+    """Adam/AdamW's encoded step through the rule itself, not the fused compiled kernel (whose
+    update follows torchao's formulation: tested against this path in test_fused_adam_kernel...)."""
+    monkeypatch.setattr(encoded_module, "_adam_kernel", lambda *args: set())
+
+
 @pytest.mark.parametrize("spec,config,enc", list(_cases()))
-def test_encoded_step_is_the_rule_on_rounded_moments(spec, config, enc):
+def test_encoded_step_is_the_rule_on_rounded_moments(spec, config, enc, rule_path):
     """Bit for bit: the encoded optimizer and the full-precision one whose moments go through
     the codec after each step. Configs an encoding cannot take are refused by name."""
     kwargs = spec.configs[config]
@@ -129,6 +138,27 @@ def test_encoded_step_is_the_rule_on_rounded_moments(spec, config, enc):
             assert stored.dtype == (torch.float8_e4m3fn if enc == "fp8" else torch.bfloat16 if enc == "bf16" else torch.uint8)
         if key in opt.state.get(small, {}):
             assert opt.state[small][key].dtype == torch.float32
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="no C compiler: the torch-ops path runs (tested above)")
+@pytest.mark.parametrize("enc", ["8bit", "4bit"])
+@pytest.mark.parametrize("config", [{}, {"amsgrad": True, "maximize": True, "weight_decay": 0.1}])
+def test_fused_adam_kernel_follows_the_rule(enc, config, monkeypatch):
+    """AdamW8bit's default path (the compiled kernel: one pass per block) and the rule on
+    decoded moments: the same update up to the last bits of float32 (lerp against
+    mul+addcmul for the second moment), so the same codes nearly everywhere."""
+    p_kernel, p_rule = _params(), _params()
+    fast = AdamW(p_kernel, **config, state_encoding=enc)
+    slow = AdamW(p_rule, **config, state_encoding=enc)
+    for step in range(5):
+        _step(fast, p_kernel, step)
+        with monkeypatch.context() as m:
+            m.setattr(encoded_module, "_adam_kernel", lambda *args: set())
+            _step(slow, p_rule, step)
+    for a, b in zip(p_kernel, p_rule):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    codes_a, codes_b = fast.state[p_kernel[0]]["exp_avg"], slow.state[p_rule[0]]["exp_avg"]
+    assert (codes_a == codes_b).float().mean() > 0.999
 
 
 def _save_load(sd):
@@ -470,10 +500,11 @@ _SHAPE = st.one_of(
 _TENSOR = st.tuples(_SHAPE, st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), st.booleans())
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(tensors=st.lists(_TENSOR, min_size=1, max_size=4), name=st.sampled_from(["adamw", "lion", "sgd", "rmsprop"]),
        enc=st.sampled_from(["8bit", "4bit"]))  # fmt: skip
-def test_any_shape_layout_and_dtype_steps(tensors, name, enc):
+def test_any_shape_layout_and_dtype_steps(tensors, name, enc, rule_path):
     """float32/float64 parameters of any shape and layout step exactly as the full-precision
     optimizer on codec-rounded moments (small, empty, 0-dim and non-contiguous ones with plain
     state); bfloat16 ones are encoded and computed in float32, staying finite and bfloat16."""

@@ -260,7 +260,10 @@ class Encoded:
         params = [job.params[i] for i in mine]
         states = [job.store.state.get(p) or {} for p in params]
         try:
+            fast = _adam_kernel(rule, job, mine, params, states, group, enc)
             for i, p, st in zip(mine, params, states):
+                if i in fast:
+                    continue
                 if is_dtensor(p):
                     from .sharded_encoded import step as step_sharded
 
@@ -271,6 +274,77 @@ class Encoded:
                 _step(rule, p, job.grads[i], st, group, job.hyper, enc, sr, kahan)
         finally:
             job.store.commit(params, states)
+
+
+def _kernels(enc: Encoding | None) -> Any:
+    """The compiled kernels where they can run ``enc`` (8-bit, 4-bit), else None."""
+    if enc is None or enc.name not in ("8bit", "4bit"):
+        return None
+    from . import kernels
+
+    return kernels.load()
+
+
+def _decode(enc: Encoding, stored: dict[str, Tensor], signed: bool, lo: int, hi: int) -> Tensor:
+    k = _kernels(enc)
+    codes = stored["codes"]
+    if k is not None and codes.device.type == "cpu" and codes.is_contiguous() and stored["scale"].is_contiguous():
+        return k.decode(enc, codes, stored["scale"], signed, lo, hi)  # the same floats, one pass
+    return enc.decode(stored, signed, lo, hi)
+
+
+def _encode(enc: Encoding, x: Tensor, signed: bool, stored: dict[str, Tensor], lo: int) -> None:
+    k = _kernels(enc)
+    codes = stored["codes"]
+    if (k is not None and codes.device.type == "cpu" and x.device.type == "cpu" and codes.is_contiguous()
+            and stored["scale"].is_contiguous()):  # fmt: skip
+        x = x.contiguous()
+        k.encode(enc, x, signed, codes, stored["scale"], lo)  # the same codes and scales, one pass
+    else:
+        enc.encode_(x, signed, stored, lo)
+
+
+def _adam_kernel(rule: Rule, job: Job, mine: list[int], params: list[Tensor], states: list[dict[str, Any]],
+                 group: dict[str, Any], enc: Encoding | None) -> set[int]:  # fmt: skip
+    """Adam/AdamW (a rule declaring torch's ``fused="adam"``) on float32 CPU parameters with
+    8-bit or 4-bit moments: the compiled kernel's one pass per block (decode, the same update,
+    encode) instead of the rule on decoded chunks. Returns the indices it stepped."""
+    k = _kernels(enc)
+    hyper = job.hyper
+    if k is None or rule.caps.fused != "adam" or hyper.get("cautious"):
+        return set()
+    amsgrad = bool(hyper.get("amsgrad"))
+    keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
+    by_step: dict[float, list[tuple[int, Tensor, Tensor, dict[str, Any]]]] = {}
+    for i, p, st in zip(mine, params, states):
+        g = job.grads[i]
+        if type(p) not in (Tensor, torch.nn.Parameter) or p.dtype != torch.float32 or p.device.type != "cpu":
+            continue
+        if g.dtype != torch.float32 or not g.is_contiguous() or p.numel() < MIN_SIZE:
+            continue
+        if not st:
+            _init(rule, p, st, group, enc)
+        if any(not is_encoded(enc, st, key, p) for key in keys) or not isinstance(st.get("step"), Tensor):
+            continue  # state to convert first: the generic path does it
+        by_step.setdefault(float(st["step"]) + 1, []).append((i, p, g, st))
+    done: set[int] = set()
+    beta1, beta2 = (float(b) for b in hyper["betas"])
+    for t, members in by_step.items():
+        for _, _, _, st in members:
+            st["step"] += 1
+        lists = {key: ([st[key].view(-1) for *_, st in members], [st[key + SCALE] for *_, st in members]) for key in keys}
+        k.adam_multi_(
+            enc, [p.view(-1) for _, p, _, _ in members], [g.view(-1) for _, _, g, _ in members],
+            *lists["exp_avg"], *lists["exp_avg_sq"],
+            lr=float(hyper["lr"]), beta1=beta1, beta2=beta2, eps=float(hyper["eps"]),
+            weight_decay=float(hyper["weight_decay"]), decoupled=bool(hyper["decoupled_weight_decay"]),
+            bias_correction1=1 - beta1**t, bias_correction2_sqrt=(1 - beta2**t) ** 0.5,
+            maximize=bool(hyper["maximize"]),
+            max_codes=lists["max_exp_avg_sq"][0] if amsgrad else None,
+            max_scales=lists["max_exp_avg_sq"][1] if amsgrad else None,
+        )  # fmt: skip
+        done.update(i for i, *_ in members)
+    return done
 
 
 def _init(rule: Rule, p: Tensor, st: dict[str, Any], group: dict[str, Any], enc: Encoding | None,
@@ -318,7 +392,7 @@ def _step(rule: Rule, p: Tensor, g: Tensor, st: dict[str, Any], group: dict[str,
         hi = min(lo + CHUNK, n)
         state = {k: v.clone() for k, v in scalars.items()}
         for k, signed in encoded.items():
-            state[k] = enc.decode(_stored(st, k), signed, lo, hi).to(compute)
+            state[k] = _decode(enc, _stored(st, k), signed, lo, hi).to(compute)
         for k, v in plain.items():
             state[k] = v[lo:hi] if v.dtype == compute else v[lo:hi].to(compute)
         p_old = flat_p[lo:hi]
@@ -329,7 +403,7 @@ def _step(rule: Rule, p: Tensor, g: Tensor, st: dict[str, Any], group: dict[str,
             if k in scalars:
                 after[k] = v
             elif k in encoded:
-                enc.encode_(v.reshape(-1).float(), encoded[k], _stored(st, k), lo)
+                _encode(enc, v.reshape(-1).float(), encoded[k], _stored(st, k), lo)
             elif k in plain:
                 if plain[k].dtype != compute:
                     plain[k][lo:hi].copy_(v)
@@ -354,7 +428,7 @@ def _created(rule: Rule, k: str, v: Tensor, lo: int, n: int, p: Tensor, enc: Enc
     if enc is not None and sign is not None:  # (enc is None under MIN_SIZE: see _step)
         if k not in created:
             created[k] = enc.empty(n, sign == "signed", p.device)
-        enc.encode_(v.reshape(-1).float(), sign == "signed", created[k], lo)
+        _encode(enc, v.reshape(-1).float(), sign == "signed", created[k], lo)
     else:
         if k not in created:
             created[k] = {"full": torch.empty(n, dtype=p.dtype, device=p.device)}
