@@ -542,3 +542,27 @@ def test_any_shape_layout_and_dtype_steps(tensors, name, enc, rule_path):
             assert torch.isfinite(b.float()).all()
             big = b.numel() >= MIN_SIZE and b.is_contiguous()
             assert (opt.state[b][next(iter(spec.cls.rule.encodable))].dtype == torch.uint8) == big
+
+
+@pytest.mark.parametrize("make", [lambda p: AdamW8bit(p), lambda p: Lion8bit(p, lr=1e-3),
+                                  lambda p: REGISTRY["rmsprop"].cls(p, momentum=0.9, state_encoding="4bit")])  # fmt: skip
+def test_step_in_backward_with_encoded_state(make):
+    """The step inside backward gives the same bits as the ordinary step, encodings included."""
+    from optimkit import step_in_backward
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    x, y = torch.randn(32, 96), torch.randint(0, 10, (32,))
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    oa, ob = make(a.parameters()), make(b.parameters())
+    for _ in range(4):
+        oa.zero_grad()
+        torch.nn.functional.cross_entropy(a(x), y).backward()
+        oa.step()
+    with step_in_backward(ob):
+        for _ in range(4):
+            torch.nn.functional.cross_entropy(b(x), y).backward()
+            assert all(p.grad is None for p in b.parameters())
+            ob.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
