@@ -280,7 +280,7 @@ def run_memory(
             ref = r
         bpp = r["state_bytes"] / r["numel"]
 
-        def ratio(key: str, r: dict[str, Any] = r) -> str:
+        def ratio(key: str, r: dict[str, Any] = r, ref: dict[str, Any] = ref) -> str:
             return f"{r[key] / ref[key]:.2f}" if ref.get(key) and r.get(key) is not None else "n/a"
 
         ckpt = r.get("ckpt_bytes")
