@@ -224,14 +224,16 @@ def main() -> None:
     parser.add_argument("--drift-steps", type=int, default=30)
     parser.add_argument("--only", help="comma-separated optimizer names (float32 AdamW always runs)")
     parser.add_argument("--torchao-compile", action="store_true", help="torchao with its torch.compile")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     names = args.only.split(",") if args.only else None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for task in (["digits", "lm"] if args.task == "both" else [args.task]):
         steps = args.digits_steps if task == "digits" else args.lm_steps
         results = compare(task, steps, args.drift_steps, names, args.torchao_compile)
         print()
-        print("\n".join(table(task, steps, args.drift_steps, results)))
+        print("\n".join(table(task, steps, args.drift_steps, results)), flush=True)
         missing = [n for n in (names or OPTIMIZERS) if n not in results]
         if missing:
             print(f"(not importable here: {', '.join(missing)})")

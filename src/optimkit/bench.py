@@ -249,6 +249,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--only", help="--memory: comma-separated substrings of the row names to run "
                         "(e.g. 'optimkit,torchao'; the torch fused reference always runs)")
     parser.add_argument("--quick", action="store_true", help="--memory: GPT-2 small x0.25 and 2 timed steps")
+    parser.add_argument("--threads", type=int, default=0, help="--memory: torch threads per row (0: default)")
     parser.add_argument("--no-checkpoint", action="store_true", help="--memory: skip the checkpoint file sizes")
     parser.add_argument(
         "--peak-memory", action="store_true", help="also measure peak extra memory of a step (the timing table)"
@@ -268,7 +269,7 @@ def main(args: argparse.Namespace) -> int:
         quick = getattr(args, "quick", False)
         run_memory(
             split(args.only), 0.25 if quick and args.scale == 1.0 else args.scale, 2 if quick else args.steps,
-            checkpoint=not args.no_checkpoint,
+            checkpoint=not args.no_checkpoint, threads=args.threads,
         )  # fmt: skip
         return 0
     run(

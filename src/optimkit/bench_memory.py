@@ -164,11 +164,15 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def measure(row: str, scale: float, steps: int, checkpoint: bool = True) -> dict[str, Any]:
-    """One row, in this process (``python -m optimkit.bench_memory`` runs it in a fresh one)."""
+def measure(row: str, scale: float, steps: int, checkpoint: bool = True, threads: int = 0) -> dict[str, Any]:
+    """One row, in this process (``python -m optimkit.bench_memory`` runs it in a fresh one);
+    ``threads``: torch's intra-op threads (0: torch's default)."""
     import gc
 
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     _import(row)  # the package's import is part of the baseline, not of the step
     gen = torch.Generator().manual_seed(0)
@@ -217,8 +221,9 @@ def measure(row: str, scale: float, steps: int, checkpoint: bool = True) -> dict
     return out
 
 
-def _subprocess(row: str, scale: float, steps: int, checkpoint: bool, timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "optimkit.bench_memory", row, str(scale), str(steps), str(int(checkpoint))]
+def _subprocess(row: str, scale: float, steps: int, checkpoint: bool, timeout: float, threads: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "optimkit.bench_memory", row, str(scale), str(steps), str(int(checkpoint)),
+           str(threads)]  # fmt: skip
     env = dict(os.environ)
     src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
@@ -244,6 +249,7 @@ def run_memory(
     checkpoint: bool = True,
     timeout: float = 3600,
     out: Callable[[str], None] = print,
+    threads: int = 0,
 ) -> list[dict[str, Any]]:
     """Measure the rows (those whose name contains one of ``only``, case-insensitive; the
     reference row always) and print a Markdown table; return the measurements."""
@@ -256,7 +262,7 @@ def run_memory(
     shapes = gpt2_small(scale)
     numel = sum(torch.Size(s).numel() for s in shapes)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    out(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    out(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {threads or torch.get_num_threads()} threads, "
         f"load average {load:.1f} at start")  # fmt: skip
     timed = f"{steps} timed steps per row (median) after the warm-up" if steps else "the first step only (--steps 0)"
     out(f"shapes: GPT-2 small x{scale:g}: {len(shapes)} tensors, {numel:,} parameters; {timed}; "
@@ -271,7 +277,7 @@ def run_memory(
     results = []
     ref: dict[str, Any] = {}
     for row in rows:
-        r = _subprocess(row, scale, steps, checkpoint, timeout)
+        r = _subprocess(row, scale, steps, checkpoint, timeout, threads)
         results.append(r)
         if "error" in r:
             out(f"| {row} | failed: {r['error']} |" + " |" * 11)
@@ -296,4 +302,4 @@ def run_memory(
 
 if __name__ == "__main__":
     name, scale_, steps_, ckpt_ = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-    print(json.dumps(measure(name, scale_, steps_, ckpt_)), flush=True)
+    print(json.dumps(measure(name, scale_, steps_, ckpt_, int(sys.argv[5]) if len(sys.argv) > 5 else 0)), flush=True)
