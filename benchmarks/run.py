@@ -1,6 +1,7 @@
 """Run the optimizer-step benchmark (the same as ``optimkit bench``); see docs/benchmarks.md.
 
-python benchmarks/run.py --steps 7 --memory          # the full table
+python benchmarks/run.py --steps 7 --peak-memory     # the full table
+python benchmarks/run.py --memory --quick      # optimizer-state memory (docs/memory.md)
 python benchmarks/run.py --scale 0.1 --steps 3       # a quick look
 """
 

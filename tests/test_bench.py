@@ -40,3 +40,17 @@ def test_bench_script_and_cli():
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert "| sgd | one-big | optimkit |" in done.stdout
+
+
+def test_bench_memory_rows_in_fresh_processes():
+    """``optimkit bench --memory`` (tiny shapes): every tensor of the state counted, the
+    reference row always run, the checkpoint size reported."""
+    from optimkit import bench_memory
+
+    lines: list[str] = []
+    rows = bench_memory.run_memory(["optimkit AdamW8bit"], scale=0.02, steps=1, threads=1, out=lines.append)
+    assert [r["row"] for r in rows] == ["torch AdamW fused", "optimkit AdamW8bit"], rows
+    fp32, q8 = rows
+    assert fp32["state_bytes"] == 8 * fp32["numel"] + 4 * fp32["tensors"]  # two moments + a step each
+    assert q8["state_bytes"] < fp32["state_bytes"] and q8["ckpt_bytes"] > q8["state_bytes"]
+    assert any(line.startswith("| optimkit AdamW8bit |") for line in lines)

@@ -9,8 +9,10 @@ both see the same machine state. Printed per
 row: milliseconds per step (median), the ratio of torch's time to optimkit's (> 1: optimkit is
 faster), the effective bandwidth (the bytes a step must move: read the gradient, read and
 write the parameter and every state tensor) and its share of the machine's copy bandwidth,
-measured in the same run. ``--memory`` adds the peak extra resident memory of a step (Linux:
-``VmHWM`` after resetting it through ``/proc/self/clear_refs``). ``--compile`` adds the mode
+measured in the same run. ``--peak-memory`` adds the peak extra resident memory of a step
+(Linux: ``VmHWM`` after resetting it through ``/proc/self/clear_refs``). ``--memory`` prints
+another table instead: what Adam-type optimizer state costs in 32, 16, 8 and 4 bits
+(:mod:`optimkit.bench_memory`). ``--compile`` adds the mode
 ``optimkit compile`` (``compile=True``, :mod:`optimkit.execution.compiled`): its warm-up steps compile and
 are not timed; the time they took compiling is printed in the column ``compile s`` (with a
 cold or a warm compile cache, whichever this run found).
@@ -239,7 +241,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="shrink the workloads (e.g. 0.1 for a quick look)"
     )
-    parser.add_argument("--memory", action="store_true", help="also measure peak extra memory of a step")
+    parser.add_argument(
+        "--memory", action="store_true",
+        help="instead: the optimizer-state memory table of Adam-type optimizers (fp32, bf16, 8-bit, 4-bit, "
+        "FP8; optimkit, torch, torchao, bitsandbytes) on GPT-2-small shapes, see optimkit.bench_memory",
+    )
+    parser.add_argument("--only", help="--memory: comma-separated substrings of the row names to run "
+                        "(e.g. 'optimkit,torchao'; the torch fused reference always runs)")
+    parser.add_argument("--quick", action="store_true", help="--memory: GPT-2 small x0.25 and 2 timed steps")
+    parser.add_argument("--threads", type=int, default=0, help="--memory: torch threads per row (0: default)")
+    parser.add_argument("--no-checkpoint", action="store_true", help="--memory: skip the checkpoint file sizes")
+    parser.add_argument(
+        "--peak-memory", action="store_true", help="also measure peak extra memory of a step (the timing table)"
+    )
     parser.add_argument(
         "--compile", action="store_true", help="add the mode compile=True (reports its compile time)"
     )
@@ -249,8 +263,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     split = lambda s: s.split(",") if s else None  # noqa: E731
+    if args.memory:
+        from .bench_memory import run_memory
+
+        quick = getattr(args, "quick", False)
+        run_memory(
+            split(args.only), 0.25 if quick and args.scale == 1.0 else args.scale, 2 if quick else args.steps,
+            checkpoint=not args.no_checkpoint, threads=args.threads,
+        )  # fmt: skip
+        return 0
     run(
-        split(args.optimizers), split(args.workloads), args.steps, args.scale, args.memory,
+        split(args.optimizers), split(args.workloads), args.steps, args.scale, args.peak_memory,
         compile=args.compile,
     )  # fmt: skip
     return 0
