@@ -566,3 +566,22 @@ def test_step_in_backward_with_encoded_state(make):
             ob.step()
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_a_positive_second_moment_never_decodes_to_zero(use_kernels, monkeypatch):
+    """The zero-point problem (Li et al. 2023): on the unsigned 8-bit map, a value far below
+    its block's maximum takes the smallest positive code, not 0 (which would make the next
+    step divide by eps alone); 0 stays 0."""
+    if use_kernels and kernels.load() is None:
+        pytest.skip("no C compiler")
+    if not use_kernels:
+        monkeypatch.setenv("OPTIMKIT_NO_KERNELS", "1")
+    codec = encoding("8bit")
+    x = torch.zeros(4096)
+    x[0], x[1], x[2] = 1.0, 1e-12, 1e-30
+    stored = codec.empty(x.numel(), False, x.device)
+    encoded_module._encode(codec, x, False, stored, 0)
+    y = encoded_module._decode(codec, stored, False, 0, x.numel())
+    assert y[1] > 0 and y[2] > 0 and y[1] == y[2] == min(v for v in dynamic_map(False) if v > 0)
+    assert torch.all(y[3:256] == 0) and y[0] == 1.0

@@ -33,8 +33,8 @@ the optimizer's state holds ``state[p]["exp_avg"]`` (the codes) and
 ``state[p]["exp_avg.scale"]``. Blocks run over the tensor's elements in memory order; the last
 one may be partial.
 
-Quantizing is rounding to the *nearest* code (ties to the larger), written with torch ops
-here; :mod:`.kernels` has the same arithmetic compiled for the CPU when a compiler is there.
+Quantizing is rounding to the *nearest* code (ties to the larger; a positive second moment
+never to 0, see :func:`midpoints`), written with torch ops here; :mod:`.kernels` has the same arithmetic compiled for the CPU when a compiler is there.
 Tensors under :data:`MIN_SIZE` elements stay full precision, as in bitsandbytes and torchao:
 their scales would cost more than they save.
 """
@@ -88,12 +88,27 @@ def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int
     return sorted(data)
 
 
-@functools.cache
-def _table(values: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    """A map on ``device`` and the midpoints between its neighbours (float32)."""
+def midpoints(values: tuple[float, ...]) -> Tensor:
+    """The float32 thresholds between a map's neighbouring values: ``y`` takes code ``k`` for
+    ``mids[k-1] <= y < mids[k]`` (the nearest value, ties to the larger).
+
+    One exception, the *zero-point problem* of Li et al. 2023: on a map that starts at 0 (the
+    unsigned 8-bit map of second moments) a positive value never takes the code of 0 -- it
+    takes the smallest positive one. A second moment a thousand times below its block's
+    maximum would otherwise decode to 0 and the next step divide its first moment by ``eps``
+    alone (measured on the digits MLP: parameters jumping by tens in one step, with
+    torchao's AdamW8bit as with the plain nearest code)."""
     q = torch.tensor(values, dtype=torch.float32)
     mids = ((q[1:].double() + q[:-1].double()) / 2).float()
-    return q.to(device), mids.to(device)
+    if values[0] == 0.0:
+        mids[0] = torch.finfo(torch.float32).smallest_normal * 2.0**-23  # the smallest positive float
+    return mids
+
+
+@functools.cache
+def _table(values: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """A map on ``device`` and its :func:`midpoints`."""
+    return torch.tensor(values, dtype=torch.float32, device=device), midpoints(values).to(device)
 
 
 class Encoding:

@@ -158,8 +158,10 @@ def _tables(values: tuple[float, ...]) -> tuple[Tensor, Tensor]:
     ``base | t << 8`` with ``base`` the code of the bucket's smallest y and ``t`` the key
     (``y bits & 0xffff``, reversed for negative y so that it grows with y) from which on the
     code is ``base + 1`` (0x10000: never)."""
+    from ..encodings import midpoints
+
     q = torch.tensor(values, dtype=torch.float32)
-    mids = ((q[1:].double() + q[:-1].double()) / 2).float()  # encodings._table's midpoints
+    mids = midpoints(values)  # the torch-ops path's thresholds, zero-point rule included
     k = torch.arange(_LAST + 1, dtype=torch.int32) << 16  # |y| <= 1.0078
     lo_pos, hi_pos = k.view(torch.float32), (k | 0xFFFF).view(torch.float32)
     last = len(values) - 1
