@@ -90,6 +90,11 @@ def check_encoding(rule: Rule | None, group: dict[str, Any], name: str) -> None:
         )
     if enc_name and not rule.encodable:
         raise ValueError(f"{what}: {name} keeps no moment estimates to encode (its state is exact by design)")
+    if (sr or kahan) and any(is_dtensor(p) and p.dtype == torch.bfloat16 for p in group.get("params", ())):
+        raise ValueError(
+            f"{'bf16_stochastic_round' if sr else 'kahan_summation'} is not supported for DTensor (FSDP2) "
+            "parameters: keep float32 master weights under FSDP2 (MixedPrecisionPolicy) instead"
+        )
     if group.get("fused"):
         raise ValueError(f"{what} cannot be used with fused=True (torch's kernel keeps float state)")
     if group.get("differentiable"):
@@ -304,47 +309,76 @@ def _encode(enc: Encoding, x: Tensor, signed: bool, stored: dict[str, Tensor], l
         enc.encode_(x, signed, stored, lo)
 
 
+def _kernel_keys(rule: Rule, hyper: dict[str, Any], enc: Encoding | None) -> tuple[Any, tuple[str, ...]]:
+    """The compiled kernels and the moments they update, where the fused Adam(W) step applies
+    to this group (a rule declaring torch's ``fused="adam"``, 8-bit or 4-bit moments)."""
+    k = _kernels(enc)
+    if k is None or rule.caps.fused != "adam" or hyper.get("cautious"):
+        return None, ()
+    amsgrad = bool(hyper.get("amsgrad"))
+    return k, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
+
+
+def _kernel_takes(p: Tensor, g: Tensor, st: dict[str, Any], enc: Encoding, keys: tuple[str, ...]) -> bool:
+    if type(p) not in (Tensor, torch.nn.Parameter) or p.dtype != torch.float32 or p.device.type != "cpu":
+        return False
+    if g.dtype != torch.float32 or not g.is_contiguous() or not p.is_contiguous():
+        return False
+    return all(is_encoded(enc, st, key, p) for key in keys) and isinstance(st.get("step"), Tensor)
+
+
+def _run_kernel(k: Any, enc: Encoding, keys: tuple[str, ...], hyper: dict[str, Any],
+                members: list[tuple[Tensor, Tensor, dict[str, Any]]]) -> None:  # fmt: skip
+    """One fused step of ``members`` (parameter, gradient, state) that share a step count."""
+    for _, _, st in members:
+        st["step"] += 1
+    t = float(members[0][2]["step"])
+    beta1, beta2 = (float(b) for b in hyper["betas"])
+    lists = {key: ([st[key].view(-1) for *_, st in members], [st[key + SCALE].view(-1) for *_, st in members])
+             for key in keys}  # fmt: skip
+    amsgrad = "max_exp_avg_sq" in lists
+    k.adam_multi_(
+        enc, [p.view(-1) for p, _, _ in members], [g.view(-1) for _, g, _ in members],
+        *lists["exp_avg"], *lists["exp_avg_sq"],
+        lr=float(hyper["lr"]), beta1=beta1, beta2=beta2, eps=float(hyper["eps"]),
+        weight_decay=float(hyper["weight_decay"]), decoupled=bool(hyper["decoupled_weight_decay"]),
+        bias_correction1=1 - beta1**t, bias_correction2_sqrt=(1 - beta2**t) ** 0.5,
+        maximize=bool(hyper["maximize"]),
+        max_codes=lists["max_exp_avg_sq"][0] if amsgrad else None,
+        max_scales=lists["max_exp_avg_sq"][1] if amsgrad else None,
+    )  # fmt: skip
+
+
+def kernel_step(rule: Rule, p: Tensor, g: Tensor, st: dict[str, Any], hyper: dict[str, Any],
+                enc: Encoding | None) -> bool:  # fmt: skip
+    """The fused kernel's step of one plain tensor (a DTensor's local shard), if it applies."""
+    k, keys = _kernel_keys(rule, hyper, enc)
+    if k is None or not _kernel_takes(p, g, st, enc, keys):
+        return False
+    _run_kernel(k, enc, keys, hyper, [(p, g, st)])
+    return True
+
+
 def _adam_kernel(rule: Rule, job: Job, mine: list[int], params: list[Tensor], states: list[dict[str, Any]],
                  group: dict[str, Any], enc: Encoding | None) -> set[int]:  # fmt: skip
-    """Adam/AdamW (a rule declaring torch's ``fused="adam"``) on float32 CPU parameters with
-    8-bit or 4-bit moments: the compiled kernel's one pass per block (decode, the same update,
-    encode) instead of the rule on decoded chunks. Returns the indices it stepped."""
-    k = _kernels(enc)
-    hyper = job.hyper
-    if k is None or rule.caps.fused != "adam" or hyper.get("cautious"):
+    """Adam/AdamW on float32 CPU parameters with 8-bit or 4-bit moments: the compiled kernel's
+    one pass per block (decode, the same update, encode) instead of the rule on decoded
+    chunks, for all of them in one call per step count. Returns the indices it stepped."""
+    k, keys = _kernel_keys(rule, job.hyper, enc)
+    if k is None:
         return set()
-    amsgrad = bool(hyper.get("amsgrad"))
-    keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
     by_step: dict[float, list[tuple[int, Tensor, Tensor, dict[str, Any]]]] = {}
     for i, p, st in zip(mine, params, states):
         g = job.grads[i]
-        if type(p) not in (Tensor, torch.nn.Parameter) or p.dtype != torch.float32 or p.device.type != "cpu":
-            continue
-        if g.dtype != torch.float32 or not g.is_contiguous() or p.numel() < MIN_SIZE:
+        if type(p) not in (Tensor, torch.nn.Parameter) or p.numel() < MIN_SIZE:
             continue
         if not st:
             _init(rule, p, st, group, enc)
-        if any(not is_encoded(enc, st, key, p) for key in keys) or not isinstance(st.get("step"), Tensor):
-            continue  # state to convert first: the generic path does it
-        by_step.setdefault(float(st["step"]) + 1, []).append((i, p, g, st))
-    done: set[int] = set()
-    beta1, beta2 = (float(b) for b in hyper["betas"])
-    for t, members in by_step.items():
-        for _, _, _, st in members:
-            st["step"] += 1
-        lists = {key: ([st[key].view(-1) for *_, st in members], [st[key + SCALE] for *_, st in members]) for key in keys}
-        k.adam_multi_(
-            enc, [p.view(-1) for _, p, _, _ in members], [g.view(-1) for _, _, g, _ in members],
-            *lists["exp_avg"], *lists["exp_avg_sq"],
-            lr=float(hyper["lr"]), beta1=beta1, beta2=beta2, eps=float(hyper["eps"]),
-            weight_decay=float(hyper["weight_decay"]), decoupled=bool(hyper["decoupled_weight_decay"]),
-            bias_correction1=1 - beta1**t, bias_correction2_sqrt=(1 - beta2**t) ** 0.5,
-            maximize=bool(hyper["maximize"]),
-            max_codes=lists["max_exp_avg_sq"][0] if amsgrad else None,
-            max_scales=lists["max_exp_avg_sq"][1] if amsgrad else None,
-        )  # fmt: skip
-        done.update(i for i, *_ in members)
-    return done
+        if _kernel_takes(p, g, st, enc, keys):  # else state to convert first: the generic path
+            by_step.setdefault(float(st["step"]), []).append((i, p, g, st))
+    for members in by_step.values():
+        _run_kernel(k, enc, keys, job.hyper, [(p, g, st) for _, p, g, st in members])
+    return {i for members in by_step.values() for i, *_ in members}
 
 
 def _init(rule: Rule, p: Tensor, st: dict[str, Any], group: dict[str, Any], enc: Encoding | None,

@@ -251,7 +251,8 @@ def step(rule: Any, p: Any, g: Any, st: dict[str, Any], group: dict[str, Any], h
                 local_st[k] = v.view(-1) if k.endswith(SCALE) or k + SCALE in st else v
             else:
                 local_st[k] = v
-    encoded._step(rule, local_p, local_g, local_st, group, hyper, enc, False, False, whole=n)
+    if not encoded.kernel_step(rule, local_p, local_g, local_st, hyper, enc):  # AdamW: as one process
+        encoded._step(rule, local_p, local_g, local_st, group, hyper, enc, False, False, whole=n)
     for k, v in local_st.items():  # what _init or the rule created: sharded like p
         if k in st or k.endswith(SCALE):
             continue
