@@ -409,23 +409,32 @@ def test_bf16_rounding_resumes_exactly(options):
 
 
 # -- shapes, groups, refusals -------------------------------------------------------------------
-def test_shapes_that_stay_full_precision_step_like_the_plain_optimizer():
-    """0-dim, empty, small and non-contiguous parameters keep full-precision state and step
-    exactly as without an encoding; a big bfloat16 parameter is encoded and computed in float32."""
+def test_shapes_that_stay_full_precision_step_like_the_plain_optimizer(rule_path):
+    """0-dim, empty, small, strided and channels_last parameters keep full-precision state and
+    step exactly as without an encoding (a parameter without a gradient at a step is skipped, as
+    torch skips it); a big bfloat16 parameter is encoded and computed in float32."""
     g = torch.Generator().manual_seed(0)
     base = [torch.randn((), generator=g), torch.randn(0, 5, generator=g), torch.randn(3, 4, generator=g),
-            torch.randn(128, 64, generator=g).t()]  # fmt: skip
-    p_ref = [torch.nn.Parameter(t.clone()) for t in base]
-    p_enc = [torch.nn.Parameter(t.clone()) for t in base]
+            torch.randn(128, 64, generator=g).t(), torch.randn(256, 64, generator=g)[::2],
+            torch.randn(16, 8, 8, 8, generator=g).to(memory_format=torch.channels_last),
+            torch.randn(64, 128, generator=g)]  # fmt: skip
+    p_ref = [torch.nn.Parameter(t.clone(memory_format=torch.preserve_format)) for t in base]
+    p_enc = [torch.nn.Parameter(t.clone(memory_format=torch.preserve_format)) for t in base]
     ref, opt = AdamW(p_ref), AdamW(p_enc, state_encoding="8bit")
+    codec = encoding("8bit")
     for step in range(3):
         for ps in (p_ref, p_enc):
-            for p, gr in zip(ps, _grads(ps, step)):
-                p.grad = gr
+            for i, (p, gr) in enumerate(zip(ps, _grads(ps, step))):
+                p.grad = None if (i + step) % 3 == 0 else gr  # some without gradients each step
         ref.step()
+        _roundtrip(ref, codec)  # the one big contiguous float32 parameter is encoded
         opt.step()
     for a, b in zip(p_ref, p_enc):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b) and a.stride() == b.stride()
+    assert not p_enc[3].is_contiguous() and not p_enc[5].is_contiguous()
+    for p in p_enc[3:]:  # encoded exactly where the parameter is big and contiguous
+        big = p.numel() >= MIN_SIZE and p.is_contiguous()
+        assert (opt.state[p]["exp_avg"].dtype == torch.uint8) == big
     bf = torch.nn.Parameter(torch.randn(64, 128, generator=g).bfloat16())
     o = AdamW([bf], state_encoding="8bit")
     bf.grad = torch.randn(64, 128, generator=g).bfloat16()
