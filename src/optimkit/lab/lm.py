@@ -217,26 +217,9 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def state_bytes(state_dicts: Sequence[dict[str, Any]]) -> int:
     """Bytes of the tensors in the optimizers' ``state_dict()["state"]`` (nested lists and
     dicts included; a tensor met twice -- same memory, same size -- counts once)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
+    from ..bench_memory import state_nbytes
 
-    def walk(obj: Any) -> None:
-        nonlocal total
-        if isinstance(obj, torch.Tensor):
-            key = (obj.data_ptr(), obj.nbytes)
-            if key not in seen or obj.nbytes == 0:
-                seen.add(key)
-                total += obj.nbytes
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                walk(v)
-
-    for sd in state_dicts:
-        walk(sd.get("state", {}))
-    return total
+    return state_nbytes([sd.get("state", {}) for sd in state_dicts])
 
 
 # ---------------------------------------------------------------- training
